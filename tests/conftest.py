@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,7 @@ from eth_account.signers.local import LocalAccount
 from ztfm_chain.chain.anvil import ANVIL_MNEMONIC, Anvil
 from ztfm_chain.chain.client import ChainClient
 from ztfm_chain.chain.deploy import RoleHolders, System, connect, deploy
+from ztfm_chain.chain.ganache import Ganache
 
 Account.enable_unaudited_hdwallet_features()
 
@@ -39,8 +41,18 @@ def roles() -> type[Roles]:
 
 
 @pytest.fixture(scope="session")
-def anvil() -> Iterator[Anvil]:
-    with Anvil(accounts=10) as node:
+def anvil() -> Iterator[Anvil | Ganache]:
+    """The session's chain: Anvil, or Ganache when ZTFM_TEST_CHAIN=ganache."""
+    chain = os.environ.get("ZTFM_TEST_CHAIN") or "anvil"
+    if chain == "anvil":
+        node: Anvil | Ganache = Anvil(accounts=10)
+    elif chain == "ganache":
+        node = Ganache(accounts=10)
+    else:
+        raise pytest.UsageError(
+            f"invalid ZTFM_TEST_CHAIN={chain!r}; expected 'anvil' or 'ganache'"
+        )
+    with node:
         yield node
 
 

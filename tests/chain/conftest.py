@@ -30,7 +30,7 @@ UPDATE_CID = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
 
 
 @contextmanager
-def reverts(name: str, **expected: Any) -> Iterator[None]:
+def reverts(name: str, /, **expected: Any) -> Iterator[None]:
     """Expect the named custom error, with the given arguments among its own."""
     with pytest.raises(ContractError) as caught:
         yield
@@ -60,7 +60,16 @@ def advance_time(system: System, seconds: int) -> None:
 
 
 def fund(system: System, address: str, wei: int = 10**18) -> None:
-    system.client.rpc("anvil_setBalance", [address, hex(wei)])
+    """Set the balance of ``address`` with the test chain's own RPC method.
+
+    Ganache 7 has no ``anvil_setBalance``. Its ``evm_setAccountBalance`` also mines
+    an empty block, so the block number advances by one on Ganache only.
+    """
+    client = system.client
+    if client.rpc("web3_clientVersion").startswith("Ganache/"):
+        client.rpc("evm_setAccountBalance", [address, hex(wei)])
+    else:
+        client.rpc("anvil_setBalance", [address, hex(wei)])
 
 
 @pytest.fixture

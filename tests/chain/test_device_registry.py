@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
+from web3.logs import DISCARD
 
 from tests.chain.conftest import (
     MEASUREMENT,
@@ -55,7 +56,9 @@ def enrol_with(
 def test_enrol_stores_record_and_emits_event(system: System, roles: Any) -> None:
     key = new_key()
     receipt = enrol_with(system, roles.registrar, key)
-    (event,) = system.devices.events.DeviceEnrolled().process_receipt(receipt)
+    (event,) = system.devices.events.DeviceEnrolled().process_receipt(
+        receipt, errors=DISCARD
+    )
     assert event["args"]["device"] == key.address
     assert event["args"]["registrar"] == roles.registrar.address
     assert event["args"]["roles"] == 1
@@ -193,7 +196,9 @@ def test_status_transition(
         assert device_record(system, key.address).status is start
         return
     receipt = system.client.transact(fn, roles.registrar)
-    (event,) = system.devices.events.DeviceStatusChanged().process_receipt(receipt)
+    (event,) = system.devices.events.DeviceStatusChanged().process_receipt(
+        receipt, errors=DISCARD
+    )
     assert event["args"]["from"] == start
     assert event["args"]["to"] == result
     assert event["args"]["registrar"] == roles.registrar.address
@@ -236,15 +241,21 @@ def test_set_roles_segment_metadata_emit_events(system: System, roles: Any) -> N
     registrar.enrol_device(system, roles.registrar, key)
     tx = system.client.transact
     receipt = tx(system.devices.functions.setRoles(key.address, 3), roles.registrar)
-    (event,) = system.devices.events.DeviceRolesChanged().process_receipt(receipt)
+    (event,) = system.devices.events.DeviceRolesChanged().process_receipt(
+        receipt, errors=DISCARD
+    )
     assert event["args"]["roles"] == 3
     receipt = tx(system.devices.functions.setSegment(key.address, 42), roles.registrar)
-    (event,) = system.devices.events.DeviceSegmentChanged().process_receipt(receipt)
+    (event,) = system.devices.events.DeviceSegmentChanged().process_receipt(
+        receipt, errors=DISCARD
+    )
     assert event["args"]["segment"] == 42
     receipt = tx(
         system.devices.functions.setMetadata(key.address, "bafy-new"), roles.registrar
     )
-    (event,) = system.devices.events.DeviceMetadataChanged().process_receipt(receipt)
+    (event,) = system.devices.events.DeviceMetadataChanged().process_receipt(
+        receipt, errors=DISCARD
+    )
     assert event["args"]["metadataCid"] == "bafy-new"
     record = device_record(system, key.address)
     assert (record.roles, record.segment) == (3, 42)
@@ -258,7 +269,12 @@ def test_setters_without_change_emit_nothing(system: System, roles: Any) -> None
     receipt = system.client.transact(
         system.devices.functions.setSegment(key.address, 1), roles.registrar
     )
-    assert system.devices.events.DeviceSegmentChanged().process_receipt(receipt) == ()
+    assert (
+        system.devices.events.DeviceSegmentChanged().process_receipt(
+            receipt, errors=DISCARD
+        )
+        == ()
+    )
 
 
 @pytest.mark.parametrize(
@@ -323,7 +339,9 @@ def test_attest_relayed_stores_credential(system: System, roles: Any) -> None:
     registrar.enrol_device(system, roles.registrar, key)
     assert not system.devices.functions.isCredentialValid(key.address).call()
     receipt = sign_and_attest(system, roles, key.address)
-    (event,) = system.devices.events.DeviceAttested().process_receipt(receipt)
+    (event,) = system.devices.events.DeviceAttested().process_receipt(
+        receipt, errors=DISCARD
+    )
     assert event["args"]["attestor"] == roles.attestor.address
     assert event["args"]["measurement"] == MEASUREMENT
     assert system.devices.functions.measurementOf(key.address).call() == MEASUREMENT
@@ -398,7 +416,9 @@ def test_rotate_key_updates_erc1056_owner(system: System, roles: Any) -> None:
     old, new = new_key(), new_key()
     registrar.enrol_device(system, roles.registrar, old)
     receipt = registrar.rotate_key(system, roles.registrar, old.address, old, new)
-    (event,) = system.devices.events.DeviceKeyRotated().process_receipt(receipt)
+    (event,) = system.devices.events.DeviceKeyRotated().process_receipt(
+        receipt, errors=DISCARD
+    )
     assert event["args"]["oldKey"] == old.address
     assert event["args"]["newKey"] == new.address
     assert system.devices.functions.keyOf(old.address).call() == new.address

@@ -1,8 +1,10 @@
 """Deploy the contracts, write a manifest per chain and connect to a deployment.
 
 A manifest records the chain id, the genesis block hash and every address. Connecting
-checks all three, so a restarted Anvil (new genesis, empty addresses) or a wrong chain
-raises :class:`~ztfm_chain.exceptions.ChainMismatch` before anything is called.
+checks all three, so a wrong chain or a restarted dev chain raises
+:class:`~ztfm_chain.exceptions.ChainMismatch` before anything is called. Anvil builds the
+same genesis block on every start with the same settings; there the missing contract
+code is what gives a restart away.
 """
 
 from __future__ import annotations

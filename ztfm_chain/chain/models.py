@@ -7,6 +7,7 @@ from enum import IntEnum
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from web3.logs import DISCARD
 from web3.types import BlockIdentifier, TxReceipt
 
 from ztfm_chain.chain.deploy import System
@@ -110,7 +111,9 @@ def create_model(
         ),
         manager,
     )
-    (event,) = system.models.events.ModelCreated().process_receipt(receipt)
+    (event,) = system.models.events.ModelCreated().process_receipt(
+        receipt, errors=DISCARD
+    )
     return int(event["args"]["modelId"])
 
 
@@ -119,7 +122,9 @@ def open_round(system: System, operator: LocalAccount, model_id: int) -> int:
     receipt = system.client.transact(
         system.models.functions.openRound(model_id), operator
     )
-    (event,) = system.models.events.RoundOpened().process_receipt(receipt)
+    (event,) = system.models.events.RoundOpened().process_receipt(
+        receipt, errors=DISCARD
+    )
     return int(event["args"]["round"])
 
 
@@ -161,7 +166,9 @@ def finalize_round(
     )
 
 
-def model_info(system: System, model_id: int, block: BlockIdentifier = "latest") -> ModelInfo:
+def model_info(
+    system: System, model_id: int, block: BlockIdentifier = "latest"
+) -> ModelInfo:
     """Read a model's record."""
     raw = system.client.call(system.models.functions.modelOf(model_id), block)
     return ModelInfo(model_id, *raw)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ztfm_chain.cli import demo
+from ztfm_chain.cli import demo, ipfs
 
 app = typer.Typer(
     name="ztfm",
@@ -13,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("demo")(demo.demo)
+app.add_typer(ipfs.app, name="ipfs")
 
 
 @app.callback()

@@ -14,8 +14,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
-from eth_typing import Hash32
+from eth_typing import ChecksumAddress, Hash32
 from eth_utils.address import to_checksum_address
 from eth_utils.conversions import to_bytes
 from eth_utils.crypto import keccak

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -240,5 +239,7 @@ def device_record(
 
 
 def _now(system: System) -> int:
+    # The chain's clock, not the local one: a statement "issued" after the block that
+    # includes it is rejected, and dev chains may run ahead of or behind wall time.
     block = system.client.read(lambda: system.client.w3.eth.get_block("latest"))
-    return max(int(block["timestamp"]), int(time.time()))
+    return int(block["timestamp"])

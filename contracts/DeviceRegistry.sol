@@ -16,8 +16,6 @@ contract DeviceRegistry is AccessControl, EIP712 {
     bytes32 public constant REGISTRAR_ROLE = keccak256("REGISTRAR_ROLE");
     /// @notice Role of the keys whose attestation statements the registry accepts.
     bytes32 public constant ATTESTOR_ROLE = keccak256("ATTESTOR_ROLE");
-    /// @notice Role of the contracts allowed to consume a device's commitment nonce (the ModelRegistry).
-    bytes32 public constant NONCE_CONSUMER_ROLE = keccak256("NONCE_CONSUMER_ROLE");
 
     /// @notice Device role bit for devices that may train and submit model updates.
     uint16 public constant ROLE_TRAINER = 1;
@@ -47,6 +45,7 @@ contract DeviceRegistry is AccessControl, EIP712 {
         uint32 segment;
         uint64 credentialExpiresAt;
         uint64 attestedAt;
+        // Bound into every commitment signature; moved on by increaseNonce to void unsubmitted signatures.
         uint64 nonce;
     }
 
@@ -81,6 +80,8 @@ contract DeviceRegistry is AccessControl, EIP712 {
     error KeyRotationFailed(address device, address expected, address actual);
     /// @notice A zero address was given where a device or contract address is required.
     error ZeroAddress();
+    /// @notice The caller is neither the device's current key nor a registrar.
+    error NotDeviceKeyOrRegistrar(address device, address caller);
 
     /// @notice Emitted when a registrar enrols a device that proved possession of its key.
     event DeviceEnrolled(
@@ -106,6 +107,8 @@ contract DeviceRegistry is AccessControl, EIP712 {
         uint64 issuedAt,
         uint64 expiresAt
     );
+    /// @notice Emitted when a device's signature nonce moves on, voiding its unsubmitted signatures.
+    event DeviceNonceIncreased(address indexed device, uint64 nonce);
     /// @notice Emitted when a device's key is rotated through this registry.
     event DeviceKeyRotated(address indexed device, address oldKey, address newKey, address indexed registrar);
 
@@ -296,20 +299,19 @@ contract DeviceRegistry is AccessControl, EIP712 {
     // Used by the ModelRegistry
     // ----------------------------------------------------------------------------------------------------------------
 
-    /// @notice Returns the device record and current key, then increments the device's commitment nonce.
-    /// @dev Requirements: caller has NONCE_CONSUMER_ROLE. Emits nothing: the caller's event carries the nonce.
+    /// @notice Voids every commitment signature the device has made but nobody has submitted yet, by moving
+    /// its signature nonce on. Commitments already on chain are unaffected.
+    /// @dev Requirements: caller is the device's current key or has REGISTRAR_ROLE; the device is enrolled and
+    /// not revoked. Emits {DeviceNonceIncreased}.
     /// @param device The device's DID address.
-    /// @return record The device record before the increment (its `nonce` is the one to verify).
-    /// @return key The device's current ERC-1056 key.
-    function consumeNonce(
-        address device
-    ) external onlyRole(NONCE_CONSUMER_ROLE) returns (Device memory record, address key) {
-        Device storage stored = _devices[device];
-        record = stored;
-        unchecked {
-            stored.nonce = record.nonce + 1;
+    function increaseNonce(address device) external {
+        Device storage record = _liveDevice(device);
+        if (msg.sender != didRegistry.identityOwner(device) && !hasRole(REGISTRAR_ROLE, msg.sender)) {
+            revert NotDeviceKeyOrRegistrar(device, msg.sender);
         }
-        key = didRegistry.identityOwner(device);
+        uint64 nonce = record.nonce + 1;
+        record.nonce = nonce;
+        emit DeviceNonceIncreased(device, nonce);
     }
 
     // ----------------------------------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ contract ModelRegistry is AccessControl, EIP712 {
         address indexed aggregator
     );
 
-    /// @param devices_ The DeviceRegistry; this contract needs its NONCE_CONSUMER_ROLE.
+    /// @param devices_ The DeviceRegistry.
     /// @param trust_ The TrustRegistry.
     /// @param admin The account that holds DEFAULT_ADMIN_ROLE and grants the other roles.
     constructor(DeviceRegistry devices_, TrustRegistry trust_, address admin) EIP712("ztfm ModelRegistry", "1") {
@@ -315,7 +315,7 @@ contract ModelRegistry is AccessControl, EIP712 {
 
     /// @notice Commits the caller's update; the caller must be the device's current key.
     /// @dev Checks, in order: model and round, caller, device status, credential, role, segment, trust, duplicate.
-    /// Consumes one device nonce. Emits {UpdateCommitted}.
+    /// Emits {UpdateCommitted}.
     /// @param commitment The update commitment.
     function commitUpdate(Commitment calldata commitment) external {
         _commit(commitment, msg.data[0:0]);
@@ -448,7 +448,7 @@ contract ModelRegistry is AccessControl, EIP712 {
 
     /// @notice Returns the EIP-712 digest a device signs for `commitment` with `nonce`.
     /// @param commitment The update commitment.
-    /// @param nonce The device's nonce that the commitment will consume.
+    /// @param nonce The device's current signature nonce.
     /// @return The digest.
     function commitmentDigest(Commitment calldata commitment, uint64 nonce) external view returns (bytes32) {
         return _commitmentDigest(commitment, nonce);
@@ -469,7 +469,7 @@ contract ModelRegistry is AccessControl, EIP712 {
         }
 
         address device = commitment.device;
-        (DeviceRegistry.Device memory record, address key) = devices.consumeNonce(device);
+        (DeviceRegistry.Device memory record, address key) = devices.deviceWithKey(device);
         address signer;
         if (signature.length == 0) {
             if (msg.sender != key) revert CallerNotDeviceKey(device, key, msg.sender);

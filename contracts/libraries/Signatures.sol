@@ -27,8 +27,8 @@ library Signatures {
         uint8 v = uint8(signature[64]);
         if (v < 27) v += 27;
         if (v != 27 && v != 28) revert SignatureRecoveryIdInvalid(uint8(signature[64]));
-        (address recovered, ECDSA.RecoverError err, ) = ECDSA.tryRecover(digest, v, r, s);
-        if (err == ECDSA.RecoverError.InvalidSignatureS) revert SignatureHighS(s);
+        (address recovered, ECDSA.RecoverError err, bytes32 errArg) = ECDSA.tryRecover(digest, v, r, s);
+        if (err == ECDSA.RecoverError.InvalidSignatureS) revert SignatureHighS(errArg);
         if (err != ECDSA.RecoverError.NoError) revert SignatureInvalid();
         return recovered;
     }

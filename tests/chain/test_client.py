@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from tests.chain.conftest import new_key
+from tests.chain.conftest import fund, new_key
 from ztfm_chain.chain import errors
 from ztfm_chain.chain.anvil import Anvil
 from ztfm_chain.chain.client import ChainClient
@@ -119,12 +119,15 @@ def test_nonce_recovers_after_failed_send(system: System, roles: Any) -> None:
     registrar.enrol_device(system, roles.registrar, new_key())
 
 
-def test_receipt_timeout_reported(anvil: Anvil) -> None:
-    client = ChainClient(anvil.url, receipt_timeout=0.5)
-    client.rpc("evm_setAutomine", [False])
+def test_receipt_timeout_reported(system: System) -> None:
+    client = ChainClient(system.client.url, receipt_timeout=0.5)
+    ganache = client.rpc("web3_clientVersion").startswith("Ganache/")
+    sender = new_key()
+    fund(system, sender.address)
+    client.rpc(
+        "miner_stop" if ganache else "evm_setAutomine", [] if ganache else [False]
+    )
     try:
-        sender = new_key()
-        client.rpc("anvil_setBalance", [sender.address, hex(10**18)])
         tx = {
             "to": sender.address,
             "value": 0,
@@ -139,7 +142,9 @@ def test_receipt_timeout_reported(anvil: Anvil) -> None:
         with pytest.raises(Exception, match="no receipt for transaction"):
             client.wait(tx_hash)
     finally:
-        client.rpc("evm_setAutomine", [True])
+        client.rpc(
+            "miner_start" if ganache else "evm_setAutomine", [] if ganache else [True]
+        )
         client.rpc("evm_mine")
 
 

@@ -12,6 +12,7 @@ from tests.chain.conftest import (
     MEASUREMENT,
     advance_time,
     chain_time,
+    fund,
     new_key,
     reverts,
 )
@@ -459,9 +460,32 @@ def test_rotate_key_of_revoked_device_rejected(system: System, roles: Any) -> No
         registrar.rotate_key(system, roles.registrar, key.address, key, new_key())
 
 
-def test_consume_nonce_only_for_model_registry(system: System, roles: Any) -> None:
+@pytest.mark.parametrize("caller_name", ["device", "registrar"])
+def test_increase_nonce_by_device_or_registrar(
+    system: System, roles: Any, caller_name: str
+) -> None:
     key = new_key()
-    with reverts("AccessControlUnauthorizedAccount", account=roles.admin.address):
+    registrar.enrol_device(system, roles.registrar, key)
+    fund(system, key.address)
+    caller = key if caller_name == "device" else roles.registrar
+    receipt = system.client.transact(
+        system.devices.functions.increaseNonce(key.address), caller
+    )
+    (event,) = system.devices.events.DeviceNonceIncreased().process_receipt(
+        receipt, errors=DISCARD
+    )
+    assert event["args"]["nonce"] == 1
+    assert device_record(system, key.address).nonce == 1
+
+
+@pytest.mark.parametrize("caller_name", ["attestor", "outsider", "admin"])
+def test_increase_nonce_by_others_rejected(
+    system: System, roles: Any, caller_name: str
+) -> None:
+    key = new_key()
+    registrar.enrol_device(system, roles.registrar, key)
+    caller = getattr(roles, caller_name)
+    with reverts("NotDeviceKeyOrRegistrar", device=key.address, caller=caller.address):
         system.client.transact(
-            system.devices.functions.consumeNonce(key.address), roles.admin
+            system.devices.functions.increaseNonce(key.address), caller
         )

@@ -89,6 +89,24 @@ def test_signature_with_stale_nonce_rejected(
         relay(system, roles, commitment, signature)
 
 
+def test_signature_voided_by_nonce_increase_rejected(
+    system: System,
+    roles: Any,
+    enrolled: Callable[..., LocalAccount],
+    open_model: Callable[..., tuple[int, int]],
+) -> None:
+    device = enrolled()
+    model_id, round = open_model()
+    commitment = commitment_for(device.address, model_id, round)
+    signature = sign_commitment(system, device, commitment)
+    system.client.transact(
+        system.devices.functions.increaseNonce(device.address), roles.registrar
+    )
+    with reverts("SignerMismatch", expected=device.address):
+        relay(system, roles, commitment, signature)
+    relay(system, roles, commitment, sign_commitment(system, device, commitment))
+
+
 def test_signature_for_other_contract_or_chain_rejected(
     system: System,
     roles: Any,

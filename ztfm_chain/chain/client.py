@@ -244,7 +244,8 @@ class ChainClient:
 def _revert_error(exc: ContractLogicError) -> ChainError:
     data = exc.data
     if isinstance(data, dict):
-        data = data.get("data")
+        # Ganache 7 puts the revert data of eth_estimateGas under "result".
+        data = data.get("data") or data.get("result")
     error = decode_revert(data)
     if isinstance(error, TransactionReverted) and exc.message and not data:
         return TransactionReverted(str(exc.message))

@@ -142,7 +142,6 @@ def deploy(
     )
     client.transact(trust.functions.bindModelRegistry(models.address), admin)
     grants: list[tuple[Contract, str, str]] = [
-        (devices, "NONCE_CONSUMER_ROLE", models.address),
         (devices, "REGISTRAR_ROLE", roles.registrar),
         (devices, "ATTESTOR_ROLE", roles.attestor),
         (models, "MODEL_MANAGER_ROLE", roles.model_manager),

@@ -3,8 +3,8 @@
 :class:`Ganache` has the interface of :class:`~ztfm_chain.chain.anvil.Anvil` and the
 same development accounts, so code and tests written for Anvil can run on Ganache 7
 (npm ``ganache``, installed with the project's npm packages) to compare the two nodes.
-Ganache 7.9.2 knows no hardfork newer than shanghai, which is what the contracts are
-compiled for.
+Ganache 7.9.2 supports no hardfork newer than shanghai, which is what the contracts
+are compiled for.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class Ganache:
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._output: collections.deque[bytes] = collections.deque(maxlen=_OUTPUT_LINES)
+        self._drain_thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -108,7 +109,7 @@ class Ganache:
         return self._process.pid if self._process else None
 
     def start(self) -> str:
-        """Start Ganache and return its URL once it answers ``eth_chainId``."""
+        """Start Ganache and return its URL once it responds to ``eth_chainId``."""
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             port = _free_port()
             self._spawn(port)
@@ -125,12 +126,21 @@ class Ganache:
                     f"http://127.0.0.1:{port}",
                 )
                 return self.url
+            exit_status = self._process.poll() if self._process else None
+            if exit_status is not None and self._drain_thread is not None:
+                # Let the thread read the last lines that the process wrote.
+                self._drain_thread.join(timeout=2)
             output = self._output_tail()
             self.stop()
+            if exit_status is None:
+                raise ChainUnavailable(
+                    f"Ganache timed out: no response to eth_chainId on 127.0.0.1:{port} "
+                    f"within {self.startup_timeout}s. Its output ended with: {output!r}"
+                )
             if "EADDRINUSE" not in output:
                 raise ChainUnavailable(
-                    f"Ganache did not answer eth_chainId on 127.0.0.1:{port} within "
-                    f"{self.startup_timeout}s; its output ended with: {output!r}"
+                    f"Ganache exited with status {exit_status} before it responded on "
+                    f"127.0.0.1:{port}. Its output ended with: {output!r}"
                 )
             log.warning(
                 "ganache.port_taken port=%s attempt=%s of %s",
@@ -139,8 +149,9 @@ class Ganache:
                 _PORT_ATTEMPTS,
             )
         raise ChainUnavailable(
-            f"Ganache found each of {_PORT_ATTEMPTS} free ports taken before it could "
-            "listen; retry, or check what is opening loopback ports"
+            f"Ganache failed to start: another process took each of the {_PORT_ATTEMPTS} "
+            "free ports it was given (EADDRINUSE). Retry, or check what opens loopback "
+            "ports."
         )
 
     def stop(self) -> None:
@@ -190,7 +201,10 @@ class Ganache:
         )
         # Ganache prints its accounts even with --logging.quiet. Keep reading so that a
         # full pipe never blocks it, and keep the last lines for error messages.
-        threading.Thread(target=self._drain, args=(self._process,), daemon=True).start()
+        self._drain_thread = threading.Thread(
+            target=self._drain, args=(self._process,), daemon=True
+        )
+        self._drain_thread.start()
 
     def _drain(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -202,7 +216,10 @@ class Ganache:
         return text[-1000:]
 
     def _wait_until_ready(self, port: int) -> bool:
-        """Poll ``eth_chainId``; False when Ganache exits or the timeout passes."""
+        """Poll ``eth_chainId`` until Ganache responds.
+
+        Returns False when Ganache exits or the startup timeout passes.
+        """
         assert self._process is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -211,13 +228,14 @@ class Ganache:
             chain_id = _request_chain_id(port)
             if chain_id is not None:
                 # Another node that took the port after Ganache failed to bind it
-                # would answer too, so check the process and the id.
+                # would respond too, so check the process and the id.
                 if self._process.poll() is not None:
                     return False
                 if chain_id != self.chain_id:
                     raise ChainUnavailable(
                         f"the node on 127.0.0.1:{port} reports chain id {chain_id}, "
-                        f"expected {self.chain_id}"
+                        f"expected {self.chain_id}. Another node may have taken the "
+                        "port, so retry."
                     )
                 return True
             time.sleep(0.1)
@@ -237,7 +255,7 @@ class Ganache:
 
 
 def _request_chain_id(port: int) -> int | None:
-    """Return the node's ``eth_chainId``, or None while nothing answers on ``port``."""
+    """Return the node's ``eth_chainId``, or None while nothing listens on ``port``."""
     body = json.dumps(
         {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
     ).encode()

@@ -1,0 +1,225 @@
+"""One round's outcome: scores, robust aggregate, new global model, trust, report.
+
+Everything here is a pure function of the verified updates, the base model, the
+current trust scores and the settings, so an auditor with the same inputs computes
+the same new model hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ztfm_chain.aggregator.reasons import Reason
+from ztfm_chain.aggregator.verify import VerifiedUpdate
+from ztfm_chain.chain.models import AggregationRule as RuleId
+from ztfm_chain.fl.aggregation import AggregationRule, make_rule
+from ztfm_chain.fl.anomaly import (
+    DEFAULT_MAX_NORM_RATIO,
+    DEFAULT_MIN_COSINE,
+    flag_anomalies,
+    score_updates,
+)
+from ztfm_chain.fl.training import train_local
+from ztfm_chain.fl.trust import (
+    TrustPolicy,
+    apply_penalty,
+    behaviour_bps,
+    update_trust,
+)
+from ztfm_chain.updates import ModelSchema, encode_model
+
+#: The rule name in ztfm_chain.fl for each rule id a model stores on chain.
+RULE_NAMES = {
+    RuleId.FEDAVG: "fedavg",
+    RuleId.TRIMMED_MEAN: "trimmed-mean",
+    RuleId.MEDIAN: "median",
+    RuleId.MULTI_KRUM: "multi-krum",
+    RuleId.FLTRUST: "fltrust",
+}
+# Rule exclusions that mean the update points away from the reference or the crowd.
+_ANOMALOUS_EXCLUSIONS = {"NON_POSITIVE_COSINE", "KRUM_SCORE", "ZERO_NORM"}
+
+
+@dataclass(frozen=True)
+class RootData:
+    """The aggregator's own clean data set, for an FLTrust reference update."""
+
+    data: torch.Tensor
+    labels: torch.Tensor
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AnomalySettings:
+    """Thresholds of the behavioural checks against the reference update."""
+
+    min_cosine: float = DEFAULT_MIN_COSINE
+    max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO
+
+
+@dataclass
+class RoundOutcome:
+    """What an aggregator publishes and writes for one round."""
+
+    accepted: list[str]
+    verdicts: dict[str, tuple[Reason, str]]
+    scores: dict[str, dict[str, float]]
+    weights: dict[str, float]
+    new_model: bytes | None
+    reference: bytes | None
+    trust: dict[str, tuple[int, int, Reason]] = field(default_factory=dict)
+
+
+def compute_outcome(
+    *,
+    schema: ModelSchema,
+    base: Mapping[str, torch.Tensor],
+    updates: list[VerifiedUpdate],
+    rejected: Mapping[str, tuple[Reason, str]],
+    rule_id: int,
+    quorum: int,
+    root: RootData | None,
+    anomaly: AnomalySettings,
+) -> RoundOutcome:
+    """Score, filter and aggregate the verified updates of one round.
+
+    ``rejected`` maps each device rejected by provenance or content checks to its
+    reason. Returns the new global model bytes, or None below ``quorum``.
+    """
+    verdicts: dict[str, tuple[Reason, str]] = dict(rejected)
+    scores: dict[str, dict[str, float]] = {}
+    weights: dict[str, float] = {}
+    if not updates:
+        return RoundOutcome([], verdicts, scores, weights, None, None)
+    devices = [u.row.device for u in updates]
+    matrix = torch.stack([schema.flatten(u.tensors) for u in updates]).to(torch.float64)
+    counts = torch.tensor([float(u.sample_count) for u in updates], dtype=torch.float64)
+    reference_tensors = _root_reference(base, root)
+    if reference_tensors is not None:
+        reference = schema.flatten(reference_tensors).to(torch.float64)
+    else:
+        reference = torch.median(matrix, dim=0).values
+    anomaly_scores = score_updates(matrix, reference)
+    flags = flag_anomalies(
+        anomaly_scores,
+        min_cosine=anomaly.min_cosine,
+        max_norm_ratio=anomaly.max_norm_ratio,
+    )
+    flagged = {flag.index: flag for flag in flags}
+    for index, device in enumerate(devices):
+        scores[device] = {
+            "cosine": float(anomaly_scores.cosine[index]),
+            "norm_ratio": float(anomaly_scores.norm_ratio[index]),
+            "l2_distance": float(anomaly_scores.l2_distance[index]),
+        }
+        if index in flagged:
+            verdicts[device] = (Reason.ANOMALOUS, flagged[index].detail)
+    kept = [i for i in range(len(devices)) if i not in flagged]
+    accepted: list[str] = []
+    new_model: bytes | None = None
+    if kept:
+        rule = _make_rule(rule_id, len(kept))
+        result = rule.aggregate(matrix[kept], counts[kept], reference)
+        excluded = {e.index: e for e in result.excluded}
+        for position, index in enumerate(kept):
+            device = devices[index]
+            weights[device] = float(result.weights[position])
+            exclusion = excluded.get(position)
+            if exclusion is not None and exclusion.reason in _ANOMALOUS_EXCLUSIONS:
+                verdicts[device] = (Reason.ANOMALOUS, exclusion.detail)
+            else:
+                verdicts[device] = (Reason.ACCEPTED, "")
+                accepted.append(device)
+        if len(accepted) >= quorum:
+            delta = schema.unflatten(result.vector.to(torch.float32))
+            new_state = {name: base[name] + delta[name] for name in schema}
+            new_model = encode_model(new_state)
+    reference_bytes = None
+    if reference_tensors is not None:
+        reference_bytes = encode_model(
+            {k: v.to(torch.float32) for k, v in reference_tensors.items()}
+        )
+    return RoundOutcome(accepted, verdicts, scores, weights, new_model, reference_bytes)
+
+
+def next_trust(
+    outcome: RoundOutcome, current: Mapping[str, int], policy: TrustPolicy
+) -> dict[str, tuple[int, int, Reason]]:
+    """Return (old, new, reason) per device that had a verdict this round."""
+    changes: dict[str, tuple[int, int, Reason]] = {}
+    for device, (reason, _) in outcome.verdicts.items():
+        old = current[device]
+        if reason is Reason.ACCEPTED:
+            cosine = outcome.scores.get(device, {}).get("cosine", 0.0)
+            new = update_trust(old, behaviour_bps(cosine, anomalous=False), policy)
+        elif reason is Reason.ANOMALOUS:
+            new = update_trust(old, behaviour_bps(0.0, anomalous=True), policy)
+        else:
+            new = apply_penalty(old, reason.name, policy)
+        changes[device] = (old, new, reason)
+    return changes
+
+
+def accepted_digest(accepted: list[tuple[str, str]]) -> bytes:
+    """Digest of the accepted set: SHA-256 over sorted ``device || content hash``.
+
+    Each entry is the device's 20 address bytes followed by the 32-byte content hash,
+    sorted by device address.
+    """
+    payload = b"".join(
+        bytes.fromhex(device[2:].lower()) + bytes.fromhex(content[2:])
+        for device, content in sorted(accepted, key=lambda e: e[0].lower())
+    )
+    return hashlib.sha256(payload).digest()
+
+
+def report_document(
+    *,
+    header: dict[str, Any],
+    rows: list[dict[str, Any]],
+    outcome: RoundOutcome,
+) -> dict[str, Any]:
+    """Assemble the JSON verification report of a round."""
+    return {
+        **header,
+        "commitments": rows,
+        "accepted": sorted(outcome.accepted),
+        "trust": {
+            device: {"old": old, "new": new, "reason": reason.name}
+            for device, (old, new, reason) in sorted(outcome.trust.items())
+        },
+    }
+
+
+def _make_rule(rule_id: int, n_updates: int) -> AggregationRule:
+    name = RULE_NAMES.get(RuleId(rule_id), "fltrust")
+    if name == "multi-krum":
+        # Assume up to a third of the updates are Byzantine; Krum needs n > 2f + 2.
+        n_byzantine = max(0, min((n_updates - 3) // 2, n_updates // 3))
+        return make_rule(name, n_byzantine=n_byzantine)
+    return make_rule(name)
+
+
+def _root_reference(
+    base: Mapping[str, torch.Tensor], root: RootData | None
+) -> dict[str, torch.Tensor] | None:
+    if root is None:
+        return None
+    _, delta = train_local(
+        base,
+        root.data,
+        root.labels,
+        epochs=root.epochs,
+        batch_size=root.batch_size,
+        lr=root.lr,
+        seed=root.seed,
+    )
+    return delta

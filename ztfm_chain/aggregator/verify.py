@@ -1,0 +1,259 @@
+"""Provenance and content checks of one update commitment.
+
+:func:`check_provenance` runs the chain checks in a fixed order and returns the first
+failure; :func:`check_content` fetches the update and checks its bytes. Neither trusts
+the contract's own checks: each one is repeated from chain state read at the block
+before the commitment's block, and device status is checked again at aggregation.
+
+NOTE: state is read at ``block - 1``, so a status change earlier in the same block as
+the commitment is seen only by the check at aggregation time. Reading past state needs
+an archive node on a long-lived chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from web3 import Web3
+
+from ztfm_chain.aggregator.journal import CommitmentRow
+from ztfm_chain.aggregator.reasons import Reason
+from ztfm_chain.chain.deploy import System
+from ztfm_chain.chain.models import ModelInfo, RoundState, round_info
+from ztfm_chain.exceptions import (
+    ContentMismatch,
+    ContentUnavailable,
+    ObjectTooLarge,
+    SignatureError,
+    UpdateError,
+)
+from ztfm_chain.identity import eip712
+from ztfm_chain.identity.commitments import Commitment
+from ztfm_chain.identity.registrar import DeviceRecord, DeviceStatus, device_record
+from ztfm_chain.storage.base import Store
+from ztfm_chain.updates import ModelSchema, decode_update
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a check: ``reason`` is ACCEPTED when it passed."""
+
+    reason: Reason
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the check passed."""
+        return self.reason is Reason.ACCEPTED
+
+
+PASSED = Verdict(Reason.ACCEPTED)
+
+
+@dataclass(frozen=True)
+class VerifiedUpdate:
+    """An update whose provenance and content passed every check."""
+
+    row: CommitmentRow
+    tensors: dict[str, torch.Tensor]
+    sample_count: int
+
+
+def check_provenance(
+    system: System, model: ModelInfo, row: CommitmentRow, *, duplicate: bool
+) -> Verdict:
+    """Check a commitment against chain state at the block before its own.
+
+    Order: model and round, signature, device enrolled and Active, credential,
+    role and segment, trust, base model hash, duplicate.
+    """
+    before = row.block - 1
+    device = Web3.to_checksum_address(row.device)
+    round_ = round_info(system, row.model_id, row.round, before)
+    if round_.state is not RoundState.OPEN:
+        return Verdict(
+            Reason.WRONG_ROUND,
+            f"round {row.round} was {round_.state.name.lower()} at block {before}",
+        )
+    record = device_record(system, device, before)
+    signature_verdict = _check_signature(system, row, record.key)
+    if not signature_verdict.ok:
+        return signature_verdict
+    block = system.client.read(lambda: system.client.w3.eth.get_block(row.block))
+    standing = _check_standing(
+        system, model, device, record, before, int(block["timestamp"])
+    )
+    if not standing.ok:
+        return standing
+    if row.base_model_hash.lower() != "0x" + round_.base_model_hash.hex():
+        return Verdict(
+            Reason.STALE_BASE_MODEL,
+            f"update trained from {row.base_model_hash}, round base is "
+            f"0x{round_.base_model_hash.hex()}",
+        )
+    if duplicate:
+        return Verdict(
+            Reason.DUPLICATE, f"{device} already committed in round {row.round}"
+        )
+    return PASSED
+
+
+def check_current_status(
+    system: System, model: ModelInfo, row: CommitmentRow
+) -> Verdict:
+    """Check the device's standing again at aggregation time.
+
+    A device revoked, suspended, moved to another segment, stripped of a role, whose
+    credential expired or whose trust fell below the minimum after it committed is
+    rejected too: verification is continuous, not a one-off at enrolment.
+    """
+    client = system.client
+    latest = client.read(lambda: client.w3.eth.get_block("latest"))
+    device = Web3.to_checksum_address(row.device)
+    record = device_record(system, device, int(latest["number"]))
+    return _check_standing(
+        system, model, device, record, int(latest["number"]), int(latest["timestamp"])
+    )
+
+
+def check_content(
+    store: Store,
+    model: ModelInfo,
+    schema: ModelSchema,
+    row: CommitmentRow,
+) -> Verdict | VerifiedUpdate | None:
+    """Fetch and check the update; None means the store did not serve it yet."""
+    try:
+        data = store.get(row.cid)
+    except ContentMismatch as exc:
+        return Verdict(Reason.CID_MISMATCH, str(exc))
+    except ObjectTooLarge as exc:
+        return Verdict(Reason.TOO_LARGE, str(exc))
+    except ContentUnavailable:
+        return None
+    actual = "0x" + hashlib.sha256(data).hexdigest()
+    if actual != row.content_hash.lower():
+        return Verdict(
+            Reason.HASH_MISMATCH,
+            f"bytes at {row.cid} hash to {actual}, commitment says {row.content_hash}",
+        )
+    try:
+        decoded = decode_update(
+            data,
+            schema,
+            max_size=model.max_update_bytes,
+            max_sample_count=model.max_sample_count,
+        )
+    except UpdateError as exc:
+        return Verdict(Reason[exc.reason], str(exc))
+    meta = decoded.meta
+    if meta.model_id != row.model_id or meta.round != row.round:
+        return Verdict(
+            Reason.WRONG_ROUND,
+            f"update metadata names model {meta.model_id} round {meta.round}, "
+            f"commitment model {row.model_id} round {row.round}",
+        )
+    if meta.base_model_hash != row.base_model_hash.lower():
+        return Verdict(
+            Reason.STALE_BASE_MODEL,
+            f"update metadata base {meta.base_model_hash}, commitment base "
+            f"{row.base_model_hash}",
+        )
+    if meta.sample_count != row.sample_count:
+        return Verdict(
+            Reason.BAD_SAMPLE_COUNT,
+            f"update metadata claims {meta.sample_count} samples, commitment "
+            f"{row.sample_count}",
+        )
+    if meta.kind != "delta":
+        return Verdict(Reason.MALFORMED, f"update kind is {meta.kind!r}, not 'delta'")
+    return VerifiedUpdate(row, decoded.tensors, meta.sample_count)
+
+
+def _check_signature(system: System, row: CommitmentRow, key: str) -> Verdict:
+    if row.signature in ("", "0x"):
+        # A direct commitment: the transaction sender, which the event records as
+        # the signer, must be the device's key.
+        if row.signer.lower() != key.lower():
+            return Verdict(
+                Reason.BAD_SIGNATURE,
+                f"sent by {row.signer}, but the device's key was {key}",
+            )
+        return PASSED
+    commitment = Commitment(
+        model_id=row.model_id,
+        round=row.round,
+        device=Web3.to_checksum_address(row.device),
+        content_hash=bytes.fromhex(row.content_hash[2:]),
+        cid=row.cid,
+        sample_count=row.sample_count,
+        base_model_hash=bytes.fromhex(row.base_model_hash[2:]),
+    )
+    message = commitment.message(
+        chain_id=system.client.chain_id,
+        model_registry=system.deployment.model_registry,
+        nonce=row.nonce,
+    )
+    try:
+        signer = eip712.recover(message, bytes.fromhex(row.signature[2:]))
+    except SignatureError as exc:
+        return Verdict(Reason.BAD_SIGNATURE, str(exc))
+    if signer.lower() != key.lower():
+        return Verdict(
+            Reason.BAD_SIGNATURE, f"signed by {signer}, but the device's key was {key}"
+        )
+    return PASSED
+
+
+def _check_standing(
+    system: System,
+    model: ModelInfo,
+    device: str,
+    record: DeviceRecord,
+    block: int,
+    timestamp: int,
+) -> Verdict:
+    """Check status, credential, role, segment and trust at ``block``."""
+    status = _check_status(record.status, device, block)
+    if not status.ok:
+        return status
+    if record.credential_expires_at <= timestamp:
+        return Verdict(
+            Reason.CREDENTIAL_EXPIRED,
+            f"credential of {device} expires at {record.credential_expires_at}, "
+            f"checked at {timestamp}",
+        )
+    if record.roles & model.required_roles != model.required_roles:
+        return Verdict(
+            Reason.ROLE_MISSING,
+            f"device roles {record.roles:#x}, model requires {model.required_roles:#x}",
+        )
+    allowed = system.client.call(
+        system.models.functions.isSegmentAllowed(model.model_id, record.segment), block
+    )
+    if not allowed:
+        return Verdict(
+            Reason.SEGMENT_NOT_ALLOWED,
+            f"segment {record.segment} does not take part in model {model.model_id}",
+        )
+    score = int(system.client.call(system.trust.functions.scoreOf(device), block))
+    if score < model.min_trust:
+        return Verdict(
+            Reason.TRUST_TOO_LOW, f"trust {score} below the minimum {model.min_trust}"
+        )
+    return PASSED
+
+
+def _check_status(status: DeviceStatus, device: str, block: object) -> Verdict:
+    reasons = {
+        DeviceStatus.NONE: Reason.UNREGISTERED_DEVICE,
+        DeviceStatus.SUSPENDED: Reason.DEVICE_SUSPENDED,
+        DeviceStatus.REVOKED: Reason.DEVICE_REVOKED,
+    }
+    if status in reasons:
+        return Verdict(
+            reasons[status], f"{device} was {status.name.lower()} at block {block}"
+        )
+    return PASSED

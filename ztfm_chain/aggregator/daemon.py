@@ -41,6 +41,7 @@ from ztfm_chain.aggregator.rounds import (
     compute_outcome,
     next_trust,
     report_document,
+    root_reference,
 )
 from ztfm_chain.aggregator.verify import (
     Verdict,
@@ -64,6 +65,7 @@ from ztfm_chain.chain.models import (
 from ztfm_chain.exceptions import StorageError, ZtfmError
 from ztfm_chain.fl.trust import DEFAULT_PENALTIES_BPS, TrustPolicy
 from ztfm_chain.globalmodel import GlobalModel, fetch_base_model, fetch_round_base
+from ztfm_chain.identity.registrar import DeviceStatus
 from ztfm_chain.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -97,11 +99,17 @@ class AggregatorSettings:
     page_size: int = 2_000
     content_grace: float = 30.0
     close_after: int | None = None
+    close_when_all_committed: bool = False
     open_rounds: bool = False
     max_rounds: int | None = None
     root: RootData | None = None
     anomaly: AnomalySettings = field(default_factory=AnomalySettings)
     trust_policy: TrustPolicy = field(default_factory=default_trust_policy)
+    #: Fault injection for crash tests: stall forever right after this step
+    #: (``events``, ``aggregated``, ``finalize-sent``, ``finalized``, ``trust-sent``)
+    #: so that a test can kill -9 the process there. Set from
+    #: ``ZTFM_AGGREGATOR_STALL_AFTER``; never set in production.
+    stall_after: str | None = None
 
 
 class Metrics:
@@ -183,6 +191,8 @@ class Aggregator:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._bases: dict[int, GlobalModel] = {}
+        self._enrolled: list[str] = []
+        self._enrolled_cursor = system.deployment.deployed_at_block - 1
         journal.bind(
             system.client.chain_id,
             system.deployment.genesis_hash,
@@ -253,7 +263,7 @@ class Aggregator:
         for log_entry in iter_events(
             client, event, start, confirmed, page_size=self.settings.page_size
         ):
-            row = _row_from_event(log_entry)
+            row = CommitmentRow.from_event(log_entry)
             if row.model_id in self.settings.models:
                 rows.append(row)
         seen = 0
@@ -276,6 +286,8 @@ class Aggregator:
                     self._log_verdict(stored, verdict, stage="provenance")
             self.journal.set_cursor(db, confirmed)
         self.metrics.set("last_block", confirmed)
+        if seen:
+            self._stall("events")
         return seen
 
     def _provenance(self, row: CommitmentRow, duplicate: bool) -> Verdict:
@@ -305,10 +317,8 @@ class Aggregator:
             phase = "collecting"
         if phase == "collecting":
             commitments = self.journal.commitments(model_id, round)
-            if (
-                info.state is RoundState.OPEN
-                and self.settings.close_after is not None
-                and len(commitments) >= self.settings.close_after
+            if info.state is RoundState.OPEN and self._ready_to_close(
+                model, commitments
             ):
                 close_round(self.system, self.account, model_id, round)
                 log.info(
@@ -333,6 +343,64 @@ class Aggregator:
                     )
         elif phase == "done":
             self._maybe_open(model_id, model)
+
+    def _ready_to_close(
+        self, model: ModelInfo, commitments: list[CommitmentRow]
+    ) -> bool:
+        """Tell whether the open round can close before its deadline."""
+        limit = self.settings.close_after
+        if limit is not None and len(commitments) >= limit:
+            return True
+        if not self.settings.close_when_all_committed or not commitments:
+            return False
+        committed = {row.device.lower() for row in commitments}
+        eligible = self._eligible_devices(model)
+        return bool(eligible) and eligible <= committed
+
+    def _eligible_devices(self, model: ModelInfo) -> set[str]:
+        """Return the devices the contract would accept a commitment from now."""
+        client = self.system.client
+        head = client.read(lambda: client.w3.eth.block_number)
+        start = self._enrolled_cursor + 1
+        if start <= head:
+            for entry in iter_events(
+                client,
+                self.system.devices.events.DeviceEnrolled,
+                max(start, self.system.deployment.deployed_at_block),
+                head,
+                page_size=self.settings.page_size,
+            ):
+                self._enrolled.append(str(entry["args"]["device"]))
+            self._enrolled_cursor = head
+        if not self._enrolled:
+            return set()
+        records, _ = client.call(
+            self.system.devices.functions.devicesOf(self._enrolled)
+        )
+        scores = client.call(self.system.trust.functions.scoresOf(self._enrolled))
+        latest = client.read(lambda: client.w3.eth.get_block("latest"))
+        now = max(int(latest["timestamp"]), int(time.time()))
+        eligible = set()
+        for device, record, score in zip(self._enrolled, records, scores, strict=True):
+            status, roles, segment, expires_at = (
+                record[0],
+                record[1],
+                record[2],
+                record[3],
+            )
+            if (
+                status == DeviceStatus.ACTIVE
+                and expires_at > now
+                and roles & model.required_roles == model.required_roles
+                and score >= model.min_trust
+                and client.call(
+                    self.system.models.functions.isSegmentAllowed(
+                        model.model_id, segment
+                    )
+                )
+            ):
+                eligible.add(device.lower())
+        return eligible
 
     def _maybe_open(self, model_id: int, model: ModelInfo) -> None:
         if not self.settings.open_rounds:
@@ -395,7 +463,7 @@ class Aggregator:
             rejected=rejected,
             rule_id=model.aggregation_rule,
             quorum=model.quorum,
-            root=self.settings.root,
+            reference_tensors=root_reference(base.tensors, self.settings.root),
             anomaly=self.settings.anomaly,
         )
         current = self._current_trust(model_id, list(outcome.verdicts))
@@ -423,6 +491,7 @@ class Aggregator:
                     detail or None,
                 )
             self.journal.set_phase(db, model_id, round, "aggregated", result)
+        self._stall("aggregated")
         for row in rows:
             if row.status != "rejected":
                 reason, detail = outcome.verdicts[row.device]
@@ -525,9 +594,11 @@ class Aggregator:
                 report_hash=bytes.fromhex(result["report_hash"][2:]),
                 report_cid=result["report_cid"],
             )
+            self._stall("finalize-sent")
             state = round_info(self.system, model_id, round).state
         with self.journal.transaction() as db:
             self.journal.set_phase(db, model_id, round, "finalized")
+        self._stall("finalized")
         self.metrics.inc("rounds_" + state.name.lower())
         log.info(
             "round.finalized model=%s round=%s state=%s accepted=%s new_model=%s "
@@ -565,6 +636,7 @@ class Aggregator:
                 ),
                 self.account,
             )
+        self._stall("trust-sent")
         with self.journal.transaction() as db:
             self.journal.set_phase(db, model_id, round, "done")
         log.info(
@@ -600,6 +672,12 @@ class Aggregator:
         )
         return dict(zip(participants, (int(s) for s in scores), strict=True))
 
+    def _stall(self, step: str) -> None:
+        if self.settings.stall_after == step:
+            log.warning("aggregator.stalled_for_test step=%s", step)
+            while True:
+                time.sleep(3600)
+
     def _store_reachable(self, known_cid: str) -> bool:
         try:
             return self.store.has(known_cid)
@@ -634,26 +712,6 @@ class Aggregator:
             row.tx_hash,
             verdict.detail,
         )
-
-
-def _row_from_event(entry: Any) -> CommitmentRow:
-    args = entry["args"]
-    return CommitmentRow(
-        tx_hash="0x" + bytes(entry["transactionHash"]).hex(),
-        log_index=int(entry["logIndex"]),
-        block=int(entry["blockNumber"]),
-        model_id=int(args["modelId"]),
-        round=int(args["round"]),
-        device=str(args["device"]),
-        content_hash="0x" + bytes(args["contentHash"]).hex(),
-        cid=str(args["cid"]),
-        sample_count=int(args["sampleCount"]),
-        base_model_hash="0x" + bytes(args["baseModelHash"]).hex(),
-        nonce=int(args["nonce"]),
-        signer=str(args["signer"]),
-        signature="0x" + bytes(args["signature"]).hex(),
-        status="pending",
-    )
 
 
 def open_journal(home: Path, chain_id: int, account: str) -> Journal:

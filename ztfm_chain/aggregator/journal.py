@@ -83,6 +83,27 @@ class CommitmentRow:
     reason: str | None = None
     detail: str | None = None
 
+    @classmethod
+    def from_event(cls, entry: Any) -> CommitmentRow:
+        """Build a pending row from a decoded ``UpdateCommitted`` event."""
+        args = entry["args"]
+        return cls(
+            tx_hash="0x" + bytes(entry["transactionHash"]).hex(),
+            log_index=int(entry["logIndex"]),
+            block=int(entry["blockNumber"]),
+            model_id=int(args["modelId"]),
+            round=int(args["round"]),
+            device=str(args["device"]),
+            content_hash="0x" + bytes(args["contentHash"]).hex(),
+            cid=str(args["cid"]),
+            sample_count=int(args["sampleCount"]),
+            base_model_hash="0x" + bytes(args["baseModelHash"]).hex(),
+            nonce=int(args["nonce"]),
+            signer=str(args["signer"]),
+            signature="0x" + bytes(args["signature"]).hex(),
+            status="pending",
+        )
+
 
 class Journal:
     """Durable state of one aggregator, bound to one deployment."""

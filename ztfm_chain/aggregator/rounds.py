@@ -86,13 +86,15 @@ def compute_outcome(
     rejected: Mapping[str, tuple[Reason, str]],
     rule_id: int,
     quorum: int,
-    root: RootData | None,
+    reference_tensors: Mapping[str, torch.Tensor] | None,
     anomaly: AnomalySettings,
 ) -> RoundOutcome:
     """Score, filter and aggregate the verified updates of one round.
 
     ``rejected`` maps each device rejected by provenance or content checks to its
-    reason. Returns the new global model bytes, or None below ``quorum``.
+    reason. ``reference_tensors`` is the root-set update (see :func:`root_reference`);
+    without one, the coordinate-wise median of the updates is the reference. Returns
+    the new global model bytes, or None below ``quorum``.
     """
     verdicts: dict[str, tuple[Reason, str]] = dict(rejected)
     scores: dict[str, dict[str, float]] = {}
@@ -102,7 +104,6 @@ def compute_outcome(
     devices = [u.row.device for u in updates]
     matrix = torch.stack([schema.flatten(u.tensors) for u in updates]).to(torch.float64)
     counts = torch.tensor([float(u.sample_count) for u in updates], dtype=torch.float64)
-    reference_tensors = _root_reference(base, root)
     if reference_tensors is not None:
         reference = schema.flatten(reference_tensors).to(torch.float64)
     else:
@@ -208,9 +209,10 @@ def _make_rule(rule_id: int, n_updates: int) -> AggregationRule:
     return make_rule(name)
 
 
-def _root_reference(
+def root_reference(
     base: Mapping[str, torch.Tensor], root: RootData | None
 ) -> dict[str, torch.Tensor] | None:
+    """Train the base model on the aggregator's root set; return the delta."""
     if root is None:
         return None
     _, delta = train_local(

@@ -101,7 +101,7 @@ def check_provenance(
 
 
 def check_current_status(
-    system: System, model: ModelInfo, row: CommitmentRow
+    system: System, model: ModelInfo, row: CommitmentRow, block: int | None = None
 ) -> Verdict:
     """Check the device's standing again at aggregation time.
 
@@ -110,7 +110,9 @@ def check_current_status(
     rejected too: verification is continuous, not a one-off at enrolment.
     """
     client = system.client
-    latest = client.read(lambda: client.w3.eth.get_block("latest"))
+    latest = client.read(
+        lambda: client.w3.eth.get_block("latest" if block is None else block)
+    )
     device = Web3.to_checksum_address(row.device)
     record = device_record(system, device, int(latest["number"]))
     return _check_standing(

@@ -26,7 +26,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
-from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt
+from web3.types import BlockIdentifier, Nonce, RPCEndpoint, TxParams, TxReceipt
 
 from ztfm_chain.chain.artifacts import load_artifact
 from ztfm_chain.chain.errors import decode_revert
@@ -59,8 +59,15 @@ class ChainClient:
     ) -> None:
         self.url = url
         self.receipt_timeout = receipt_timeout
+        # web3 asks for eth_chainId around every call; the provider's request cache
+        # answers those (the chain id of an endpoint cannot change under it).
         self.w3 = Web3(
-            Web3.HTTPProvider(url, request_kwargs={"timeout": request_timeout})
+            Web3.HTTPProvider(
+                url,
+                request_kwargs={"timeout": request_timeout},
+                cache_allowed_requests=True,
+                cacheable_requests={RPCEndpoint("eth_chainId")},
+            )
         )
         self._nonce_locks: dict[str, threading.Lock] = {}
         self._next_nonce: dict[str, int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from eth_account import Account
@@ -39,6 +39,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if _debug_enabled():
+            return func(*args, **kwargs)
         try:
             return func(*args, **kwargs)
         except UsageError as exc:
@@ -51,6 +53,25 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             _fail(exc, EXIT_FAILURE)
 
     return wrapper
+
+
+def settings(ctx: typer.Context) -> Any:
+    """Return the resolved :class:`~ztfm_chain.cli.settings.Settings` of the command."""
+    root = ctx.find_root()
+    return root.obj
+
+
+_debug = False
+
+
+def set_debug(enabled: bool) -> None:
+    """Let errors propagate with their traceback (the global ``--debug`` option)."""
+    global _debug
+    _debug = enabled
+
+
+def _debug_enabled() -> bool:
+    return _debug
 
 
 def _fail(exc: Exception, code: int) -> NoReturn:

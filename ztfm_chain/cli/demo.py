@@ -2,83 +2,76 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from eth_account import Account
 from rich.console import Console
-from rich.table import Table
 
-from ztfm_chain.chain.anvil import Anvil
-from ztfm_chain.chain.client import ChainClient
-from ztfm_chain.chain.deploy import RoleHolders, connect, deploy
-from ztfm_chain.cli.common import dev_account, handle_errors
-from ztfm_chain.identity import registrar
-
-console = Console(stderr=True)
+from ztfm_chain.cli.common import handle_errors, settings
+from ztfm_chain.demo import ROLES, DemoSettings, run_demo
 
 
 @handle_errors
 def demo(
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result as JSON on stdout.")
-    ] = False,
+    ctx: typer.Context,
+    devices: Annotated[
+        int, typer.Option(min=12, help="Number of enrolled devices.")
+    ] = 20,
+    rounds: Annotated[int, typer.Option(min=1, help="Number of rounds.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and training.")] = 0,
+    report_dir: Annotated[
+        Path,
+        typer.Option(help="Folder for report.md, accuracy.png and trust.png."),
+    ] = Path("ztfm-demo-report"),
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the chain manifest, store, journal and daemon log "
+            "(default: a new temporary folder)."
+        ),
+    ] = None,
 ) -> None:
-    """Start a local Anvil, deploy the contracts, enrol and attest one device.
+    """Run federated learning on the digits data set with adversaries, end to end.
 
-    Everything runs on 127.0.0.1 and stops when the command ends. The accounts are
-    Anvil's public development keys: never reuse them on a chain that holds value.
+    Starts a local Anvil on 127.0.0.1 and the embedded store, deploys the contracts,
+    enrols the devices, runs the aggregator as its own daemon process and prints, per
+    round, the test accuracy, the rejected updates with their reasons and the trust
+    scores. Everything stops when the command ends. The operator accounts are Anvil's
+    public development keys: never reuse them on a chain that holds value.
     """
-    admin, registrar_key, attestor, manager, aggregator = (
-        dev_account(i) for i in range(5)
+    config = settings(ctx)
+    console = Console(highlight=False)
+    folder = workdir or Path(tempfile.mkdtemp(prefix="ztfm-demo-"))
+    console.print(f"working folder: {folder}")
+    console.print(
+        "misbehaving parties: "
+        + "; ".join(f"dev{i:02d} {what}" for i, what in sorted(ROLES.items()))
+        + "; an outsider that was never enrolled"
     )
-    with Anvil() as node:
-        console.print(f"chain: embedded Anvil at {node.url} (pid {node.pid})")
-        client = ChainClient(node.url)
-        deployment = deploy(
-            client,
-            admin,
-            RoleHolders(
-                registrar=registrar_key.address,
-                attestor=attestor.address,
-                model_manager=manager.address,
-                aggregators=(aggregator.address,),
-            ),
-        )
-        system = connect(client, deployment)
-        device = Account.create()
-        registrar.enrol_device(system, registrar_key, device, segment=1)
-        registrar.attest_device(
-            system,
-            attestor,
-            device.address,
-            measurement=hashlib.sha256(b"demo firmware").digest(),
-        )
-        record = registrar.device_record(system, device.address)
-        did = f"did:ethr:0x{client.chain_id:x}:{device.address}"
-        result = {
-            "chain_id": client.chain_id,
-            "rpc_url": node.url,
-            "contracts": deployment.addresses(),
-            "device": {
-                "did": did,
-                "status": record.status.name,
-                "segment": record.segment,
-                "credential_expires_at": record.credential_expires_at,
-            },
-        }
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
+    result = run_demo(
+        DemoSettings(
+            workdir=folder,
+            report_dir=report_dir,
+            devices=devices,
+            rounds=rounds,
+            seed=seed,
+        ),
+        console.print,
+    )
+    final = result.rounds[-1].accuracy
+    summary = {
+        "final_accuracy": final,
+        "baselines": {k: v[-1] for k, v in result.baselines.items()},
+        "report": str(report_dir.resolve() / "report.md"),
+        "seconds": round(result.seconds, 1),
+    }
+    if config.json_output:
+        typer.echo(json.dumps(summary, indent=2))
         return
-    table = Table(title="Deployment (embedded Anvil, stopped now)")
-    table.add_column("contract")
-    table.add_column("address")
-    for name, address in deployment.addresses().items():
-        table.add_row(name, address)
-    Console().print(table)
-    Console().print(
-        f"device {did}: {record.status.name}, segment {record.segment}, "
-        f"credential valid until {record.credential_expires_at} (unix time)"
-    )
+    console.print(f"final accuracy on chain (FLTrust): {final:.3f}")
+    for label, value in summary["baselines"].items():  # type: ignore[attr-defined]
+        console.print(f"{label}: {value:.3f}")
+    console.print(f"report: {summary['report']} (with accuracy.png and trust.png)")

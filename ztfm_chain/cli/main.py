@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from ztfm_chain.cli import demo, ipfs
+from ztfm_chain.cli import (
+    aggregator,
+    audit,
+    chain,
+    demo,
+    deploy,
+    device,
+    ipfs,
+    model,
+    trust,
+    update,
+)
+from ztfm_chain.cli.common import set_debug
+from ztfm_chain.cli.settings import Settings
 
 app = typer.Typer(
     name="ztfm",
@@ -14,15 +31,77 @@ app = typer.Typer(
 )
 app.command("demo")(demo.demo)
 app.add_typer(ipfs.app, name="ipfs")
+app.add_typer(chain.app, name="chain")
+app.command("deploy")(deploy.deploy)
+app.add_typer(device.app, name="device")
+app.add_typer(model.app, name="model")
+app.add_typer(update.app, name="update")
+app.add_typer(trust.app, name="trust")
+app.add_typer(aggregator.app, name="aggregator")
+app.add_typer(audit.app, name="audit")
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of keys, manifests, journals and the embedded store "
+            "(env ZTFM_HOME, default ~/.ztfm).",
+            show_default=False,
+        ),
+    ] = None,
+    rpc_url: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON-RPC URL of the chain (env ZTFM_RPC_URL, config rpc_url, "
+            "default: the Anvil of `ztfm chain up`).",
+            show_default=False,
+        ),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Content store: a folder (embedded) or a Kubo RPC address such as "
+            "/ip4/127.0.0.1/tcp/5001/http (env ZTFM_STORE, config store, "
+            "default $ZTFM_HOME/store).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML config file (env ZTFM_CONFIG, default $ZTFM_HOME/config.toml).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option(help="Show tracebacks and debug logs on errors.")
+    ] = False,
+) -> None:
     """Zero-trust federated learning for IoT fleets, with provenance on an EVM chain.
 
-    Exit codes: 0 success, 1 unexpected failure, 2 bad argument, setting or file,
-    3 content store failure, 4 chain failure or wrong chain.
+    Settings come from options, then environment variables, then the config file.
+    Exit codes: 0 success, 1 unexpected failure, 2 bad argument, setting, file or
+    keystore, 3 content store failure, 4 chain failure or wrong chain.
     """
+    set_debug(debug)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s %(message)s",
+    )
+    ctx.obj = Settings.resolve(
+        home=home,
+        rpc_url=rpc_url,
+        store=store,
+        config_path=config,
+        json_output=as_json,
+        debug=debug,
+    )
 
 
 if __name__ == "__main__":

@@ -21,3 +21,12 @@ def test_deep_json_raises_instead_of_crashing() -> None:
     )
     assert result.returncode == 0, (result.returncode, result.stderr[-500:])
     assert "recursion error raised" in result.stdout
+
+
+def test_cli_anomaly_defaults_match_library() -> None:
+    from ztfm_chain.aggregator.rounds import AnomalySettings
+    from ztfm_chain.cli import aggregator
+
+    defaults = AnomalySettings()
+    assert defaults.min_cosine == aggregator.DEFAULT_MIN_COSINE
+    assert defaults.max_norm_ratio == aggregator.DEFAULT_MAX_NORM_RATIO

@@ -49,7 +49,14 @@ def test_honest_round_finalizes_new_model(federation: Federation) -> None:
     scores = system.trust.functions.scoresOf(
         [d.device for d in federation.devices]
     ).call()
-    assert all(score != 5000 for score in scores), scores
+    # Accepted updates score at least 5000, so trust can only rise from the start.
+    assert all(score >= 5000 for score in scores), scores
+    assert any(score > 5000 for score in scores), scores
+    events = system.trust.events.TrustScoreChanged().get_logs(from_block=0)
+    assert {e["args"]["device"] for e in events} >= {
+        d.device for d in federation.devices
+    }
+    assert {e["args"]["reason"] for e in events} == {int(Reason.ACCEPTED)}
 
 
 def test_training_rounds_improve_accuracy(federation: Federation) -> None:

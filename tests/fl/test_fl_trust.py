@@ -21,9 +21,10 @@ NO_CAP = TrustPolicy(max_rise_per_round_bps=10_000)
 @pytest.mark.parametrize(
     ("cosine", "anomalous", "expected"),
     [
-        pytest.param(0.73, False, 7300, id="positive"),
+        pytest.param(0.73, False, 8650, id="positive"),
         pytest.param(1.0, False, 10_000, id="one"),
-        pytest.param(-0.4, False, 0, id="negative-clips-to-zero"),
+        pytest.param(0.0, False, 5000, id="zero-is-floor"),
+        pytest.param(-0.4, False, 5000, id="negative-clips-to-floor"),
         pytest.param(0.99, True, 0, id="anomalous-is-zero"),
     ],
 )

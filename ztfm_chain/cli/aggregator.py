@@ -8,21 +8,20 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ztfm_chain import logs
-from ztfm_chain.aggregator.daemon import (
-    Aggregator,
-    AggregatorSettings,
-    Metrics,
-    open_journal,
-)
-from ztfm_chain.aggregator.journal import Journal
-from ztfm_chain.aggregator.rounds import AnomalySettings, RootData
 from ztfm_chain.cli.common import handle_errors, settings
-from ztfm_chain.fl.data import load_digits_split
+
+if TYPE_CHECKING:
+    from ztfm_chain.aggregator.daemon import Aggregator
+
+# Defaults of the behavioural checks, repeated here so that `ztfm --help` does not
+# import torch; a test checks them against AnomalySettings.
+DEFAULT_MIN_COSINE = 0.0
+DEFAULT_MAX_NORM_RATIO = 5.0
 
 app = typer.Typer(help="Run the aggregator daemon.", no_args_is_help=True)
 log = logging.getLogger(__name__)
@@ -75,9 +74,15 @@ def run(
         float,
         typer.Option(help="Seconds after a deadline to wait for missing content."),
     ] = 30.0,
+    min_cosine: Annotated[
+        float,
+        typer.Option(
+            help="Flag updates whose cosine to the reference is at most this."
+        ),
+    ] = DEFAULT_MIN_COSINE,
     max_norm_ratio: Annotated[
         float, typer.Option(help="Flag updates longer than this times the reference.")
-    ] = AnomalySettings().max_norm_ratio,
+    ] = DEFAULT_MAX_NORM_RATIO,
     journal: Annotated[
         Path | None,
         typer.Option(help="Journal file (default: $ZTFM_HOME/aggregator/...)."),
@@ -96,6 +101,18 @@ def run(
     and never trusted; the new global model and a verification report are published
     to the store; rounds are finalized on chain and trust scores written back.
     """
+    # Imported here: torch and scikit-learn take seconds to load, and only this
+    # command of the CLI needs them.
+    from ztfm_chain.aggregator.daemon import (
+        Aggregator,
+        AggregatorSettings,
+        Metrics,
+        open_journal,
+    )
+    from ztfm_chain.aggregator.journal import Journal
+    from ztfm_chain.aggregator.rounds import AnomalySettings, RootData
+    from ztfm_chain.fl.data import load_digits_split
+
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"expected text or json, got {log_format!r}")
     logs.configure(
@@ -140,7 +157,9 @@ def run(
             open_rounds=open_rounds,
             max_rounds=max_rounds,
             root=root,
-            anomaly=AnomalySettings(max_norm_ratio=max_norm_ratio),
+            anomaly=AnomalySettings(
+                min_cosine=min_cosine, max_norm_ratio=max_norm_ratio
+            ),
             stall_after=os.environ.get("ZTFM_AGGREGATOR_STALL_AFTER") or None,
         ),
         metrics,

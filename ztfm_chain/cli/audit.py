@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ztfm_chain.aggregator.audit import audit_round
 from ztfm_chain.cli.common import EXIT_FAILURE, handle_errors, settings
 
 app = typer.Typer(help="Re-verify what aggregators finalized.", no_args_is_help=True)
@@ -27,6 +26,8 @@ def round_(
     Needs no access to the aggregator's journal. Exits 1 when the audit disagrees
     with what was finalized, listing each disagreement.
     """
+    from ztfm_chain.aggregator.audit import audit_round  # loads torch: only here
+
     config = settings(ctx)
     err = Console(stderr=True)
     if not config.json_output:

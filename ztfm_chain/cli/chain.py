@@ -66,7 +66,7 @@ app = typer.Typer(
 
 @dataclass(frozen=True)
 class ChainRecord:
-    """What ``ztfm chain up`` writes to ``$ZTFM_HOME/chain.json``."""
+    """Record of the Anvil that ``ztfm chain up`` started, kept in ``chain.json``."""
 
     url: str
     pid: int
@@ -406,18 +406,21 @@ def command_settings(ctx: typer.Context) -> Settings:
 
 
 def stdout_console() -> Console:
-    """Return a console on standard output, for results meant for people."""
-    return Console(highlight=False)
+    """Return a console on standard output, for results meant for people.
+
+    Markup is off, so brackets in paths and values print as they are.
+    """
+    return Console(highlight=False, markup=False)
 
 
 def stderr_console() -> Console:
     """Return a console on standard error, for notices and progress."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def notice(message: str) -> None:
     """Print a notice on standard error, in both human and JSON mode."""
-    stderr_console().print(f"note: {message}", style="yellow", markup=False)
+    stderr_console().print(f"note: {message}", style="yellow")
 
 
 def print_json(data: Any) -> None:

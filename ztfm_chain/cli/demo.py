@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ztfm_chain.chain.models import AggregationRule
 from ztfm_chain.cli.common import handle_errors, settings
-from ztfm_chain.demo import ROLES, DemoSettings, run_demo
 
 
 @handle_errors
@@ -22,6 +22,13 @@ def demo(
     ] = 20,
     rounds: Annotated[int, typer.Option(min=1, help="Number of rounds.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the data split and training.")] = 0,
+    rule: Annotated[
+        str,
+        typer.Option(
+            help="Aggregation rule of the model: fedavg (over the updates that pass "
+            "the root-set checks), fltrust, multi-krum, median or trimmed-mean."
+        ),
+    ] = "fedavg",
     report_dir: Annotated[
         Path,
         typer.Option(help="Folder for report.md, accuracy.png and trust.png."),
@@ -42,6 +49,11 @@ def demo(
     scores. Everything stops when the command ends. The operator accounts are Anvil's
     public development keys: never reuse them on a chain that holds value.
     """
+    # Imported here: the demo loads torch and scikit-learn, which `--help` need not.
+
+    # Imported here: the demo loads torch and scikit-learn, which `--help` need not.
+    from ztfm_chain.demo import ROLES, RULE_LABELS, DemoSettings, run_demo
+
     config = settings(ctx)
     console = Console(highlight=False)
     folder = workdir or Path(tempfile.mkdtemp(prefix="ztfm-demo-"))
@@ -58,10 +70,12 @@ def demo(
             devices=devices,
             rounds=rounds,
             seed=seed,
+            rule=_rule_id(rule),
         ),
         console.print,
     )
     final = result.rounds[-1].accuracy
+    label = RULE_LABELS[_rule_id(rule)]
     summary = {
         "final_accuracy": final,
         "baselines": {k: v[-1] for k, v in result.baselines.items()},
@@ -71,7 +85,18 @@ def demo(
     if config.json_output:
         typer.echo(json.dumps(summary, indent=2))
         return
-    console.print(f"final accuracy on chain (FLTrust): {final:.3f}")
+    console.print(f"final accuracy on chain ({label}): {final:.3f}")
     for label, value in summary["baselines"].items():  # type: ignore[attr-defined]
         console.print(f"{label}: {value:.3f}")
     console.print(f"report: {summary['report']} (with accuracy.png and trust.png)")
+
+
+def _rule_id(name: str) -> AggregationRule:
+    from ztfm_chain.aggregator.rounds import RULE_NAMES  # loads torch: only here
+
+    for rule_id, rule_name in RULE_NAMES.items():
+        if rule_name == name:
+            return rule_id
+    raise typer.BadParameter(
+        f"unknown rule {name!r}; expected one of {', '.join(RULE_NAMES.values())}"
+    )

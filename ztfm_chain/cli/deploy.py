@@ -2,7 +2,7 @@
 
 This module also resolves the role keys of the other groups (``--registrar``,
 ``--attestor``, ...). On Anvil's chain id 31337 an omitted role key defaults to the
-public development key that holds the role in the manifest.
+public development key that has the role in the manifest.
 """
 
 from __future__ import annotations
@@ -282,27 +282,27 @@ def role_account(
     option: str,
     password_file: Path | None = None,
 ) -> LocalAccount:
-    """Open the KEY given for a role, or on 31337 the dev key holding it in the manifest.
+    """Open the KEY given for a role, or on 31337 the dev key with the role.
 
-    Raises ConfigError when ``key`` is None on another chain, or when no development
-    key holds ``role`` in the manifest.
+    The role's accounts come from the manifest. Raises ConfigError when ``key`` is
+    None on another chain, or when no development key has ``role`` there.
     """
     chain_id = system.client.chain_id
     if key is not None:
         return cfg.account(key, chain_id=chain_id, password_file=password_file)
     if chain_id != ANVIL_CHAIN_ID:
         raise ConfigError(
-            f"missing {option} on chain id {chain_id}: give the KEY that holds {role}"
+            f"missing {option} on chain id {chain_id}: give a KEY that has {role}"
         )
     holders = system.deployment.roles.get(role, [])
     for index in range(DEV_ACCOUNTS):
         account = dev_account(index)
         if account.address in holders:
             notice(
-                f"{option} defaults to dev:{index}, which holds {role}. {DEV_KEY_WARNING}"
+                f"{option} defaults to dev:{index}, which has {role}. {DEV_KEY_WARNING}"
             )
             return account
     raise ConfigError(
-        f"no development key holds {role} in the manifest ({', '.join(holders) or 'none'}); "
+        f"no development key has {role} in the manifest ({', '.join(holders) or 'none'}); "
         f"pass {option} KEY"
     )

@@ -123,7 +123,7 @@ def create(
         str | None,
         typer.Option(
             help="KEY with MODEL_MANAGER_ROLE that creates and owns the model "
-            "(default on 31337: the development key that holds it).",
+            "(default on 31337: the development key that has it).",
             show_default=False,
         ),
     ] = None,
@@ -148,8 +148,10 @@ def create(
         ),
         aggregation_rule=parse_rule(rule),
     )
+
     segments = [check_range("--segment", s, 0, _UINT32_MAX) for s in segment or [1]]
     data = _base_model_bytes(base, seed)
+
     system = cfg.system()
     chain_id = system.client.chain_id
     aggregators: list[str]
@@ -168,6 +170,7 @@ def create(
         option="--manager",
         password_file=password_file,
     )
+
     with cfg.store() as store:
         cid = store.put(data)
     model_id = create_model(
@@ -179,6 +182,7 @@ def create(
         segments=segments,
         aggregators=aggregators,
     )
+
     result = {
         **model_summary(system, model_id),
         "segments": segments,
@@ -187,6 +191,7 @@ def create(
     if cfg.json_output:
         print_json(result)
         return
+
     out = stdout_console()
     out.print(f"created model {model_id}, owned by {owner.address}")
     out.print(
@@ -347,6 +352,7 @@ def rounds(ctx: typer.Context, model: ModelArgument) -> None:
             "report_cid": args["reportCid"],
             "outcome_tx": tx_hash(event),
         }
+
     rows = []
     with stderr_console().status(f"reading {info.current_round} rounds"):
         for number in range(1, info.current_round + 1):
@@ -356,6 +362,7 @@ def rounds(ctx: typer.Context, model: ModelArgument) -> None:
     if cfg.json_output:
         print_json(rows)
         return
+
     table = Table(title=f"Rounds of model {model}")
     for column in ("round", "state", "accepted", "new model hash", "report CID"):
         table.add_column(column, overflow="fold")

@@ -33,7 +33,7 @@ def show(
     devices: Annotated[
         list[str],
         typer.Argument(
-            metavar="DEVICE...",
+            metavar="DEVICE",
             help="Devices: 0x addresses, did:ethr DIDs or keystore names.",
         ),
     ],
@@ -43,6 +43,7 @@ def show(
     system = cfg.system()
     chain_id = system.client.chain_id
     addresses = [resolve_device(cfg, device, chain_id) for device in devices]
+
     rows: list[dict[str, Any]] = []
     for address in addresses:
         score, updated_at, updates = system.client.call(
@@ -59,6 +60,7 @@ def show(
     if cfg.json_output:
         print_json(rows)
         return
+
     table = Table(title="Trust scores")
     table.add_column("device", overflow="fold")
     table.add_column("score (bps)", justify="right")
@@ -106,6 +108,7 @@ def history(
         argument_filters=filters,
         page_size=page_size,
     )
+
     rows: list[dict[str, Any]] = [
         {
             "block": int(event["blockNumber"]),
@@ -120,6 +123,7 @@ def history(
     if cfg.json_output:
         print_json(rows)
         return
+
     table = Table(title=f"Trust score changes of {address}")
     for column in ("block", "model", "old", "new", "reason"):
         table.add_column(column, justify="left" if column == "reason" else "right")

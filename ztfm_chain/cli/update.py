@@ -11,6 +11,7 @@ import typer
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from rich.table import Table
+from rich.text import Text
 
 from ztfm_chain.chain.deploy import System
 from ztfm_chain.chain.models import RoundState, model_info, round_info
@@ -128,6 +129,7 @@ def train(
         raise UsageError(f"invalid --alpha {alpha}: expected a number > 0")
     if not lr > 0:
         raise UsageError(f"invalid --lr {lr}: expected a number > 0")
+
     system = cfg.system()
     check_model(system, model)
     round = _open_round_number(system, model, round)
@@ -166,6 +168,7 @@ def train(
                 sent = runtime.run_round(model, round)
             except DeviceStepError as exc:
                 _raise_by_cause(exc)
+
     result = {
         "model_id": sent.model_id,
         "round": sent.round,
@@ -234,6 +237,7 @@ def submit_command(
                 f"from {expected[2]}"
             )
         cid = store.put(data)
+
     commitment = Commitment(
         model_id=model,
         round=round,
@@ -248,6 +252,7 @@ def submit_command(
     else:
         signature = sign_commitment(system, signer, commitment)
         receipt = submit(system, relay, commitment, signature)
+
     result = {
         "model_id": model,
         "round": round,
@@ -296,6 +301,7 @@ def verify(
     address = resolve_device(cfg, device, system.client.chain_id)
     with cfg.store() as store:
         checks = _verify_checks(system, store, cid, model, round, address)
+
     passed = all(check.ok for check in checks)
     if cfg.json_output:
         print_json(
@@ -314,7 +320,9 @@ def verify(
         table.add_column("result")
         table.add_column("detail", overflow="fold")
         for check in checks:
-            mark = "[green]ok[/green]" if check.ok else "[red]FAILED[/red]"
+            mark = (
+                Text("ok", style="green") if check.ok else Text("FAILED", style="red")
+            )
             table.add_row(check.name, mark, check.detail)
         stdout_console().print(table)
     if not passed:
@@ -335,6 +343,7 @@ def _verify_checks(
     except (ContentUnavailable, ContentMismatch) as exc:
         return [Check("fetch", False, str(exc))]
     checks.append(Check("fetch", True, f"{len(data)} bytes, matching the CID"))
+
     events = read_events(
         system,
         system.models.events.UpdateCommitted,
@@ -354,6 +363,7 @@ def _verify_checks(
     checks.append(
         Check("commitment", True, f"block {event['blockNumber']}, tx {tx_hash(event)}")
     )
+
     committed_cid = str(args["cid"])
     same_cid = _same_cid(committed_cid, cid)
     checks.append(
@@ -483,10 +493,10 @@ def _print_submitted(cfg: Settings, result: dict[str, Any]) -> None:
         print_json(result)
         return
     out = stdout_console()
-    how = "relayed" if result["relayed"] else "sent by the device key"
+    sender = "relayed" if result["relayed"] else "sent by the device key"
     out.print(
         f"committed update of {result['device']} to round {result['round']} of "
-        f"model {result['model_id']} ({how})"
+        f"model {result['model_id']} ({sender})"
     )
     out.print(f"CID          {result['cid']}")
     out.print(f"content hash {result['content_hash']} (SHA-256)")

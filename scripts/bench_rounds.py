@@ -208,6 +208,37 @@ class Bench:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device_counts = _sizes(args.devices, QUICK_DEVICES if args.quick else FULL_DEVICES)
+    parameter_counts = _sizes(
+        args.parameters, QUICK_PARAMETERS if args.quick else FULL_PARAMETERS
+    )
+
+    started = time.perf_counter()
+    timer = install_timer()
+    results = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-rounds-") as workdir,
+        Anvil() as node,
+    ):
+        bench = setup(node, max(device_counts), Path(workdir))
+        progress("warm-up round, not reported")
+        run_case(bench, timer, min(device_counts), min(parameter_counts))
+        for parameters in parameter_counts:
+            for devices in device_counts:
+                progress(f"round with {devices} devices, {parameters:,} parameters")
+                results.append(run_case(bench, timer, devices, parameters))
+
+    text = render(results, time.perf_counter() - started)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
@@ -225,38 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads",
         type=int,
         default=1,
-        help="torch intra-op threads (default 1: on a shared machine, two threads "
-        "made single tensor operations up to 30 times slower)",
+        help="torch intra-op threads (default 1, because two threads on a loaded "
+        "2-core machine made tensor operations slower and erratic)",
     )
     parser.add_argument("--out", help="also write the Markdown report to this file")
     args = parser.parse_args(argv)
     if args.threads < 1:
-        raise SystemExit("error: --threads must be at least 1")
-    torch.set_num_threads(args.threads)
-    device_counts = _sizes(args.devices, QUICK_DEVICES if args.quick else FULL_DEVICES)
-    parameter_counts = _sizes(
-        args.parameters, QUICK_PARAMETERS if args.quick else FULL_PARAMETERS
-    )
-    started = time.perf_counter()
-    timer = install_timer()
-    results = []
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-rounds-") as workdir,
-        Anvil() as node,
-    ):
-        bench = setup(node, max(device_counts), Path(workdir))
-        progress("warm-up round, not reported")
-        run_case(bench, timer, min(device_counts), min(parameter_counts))
-        for parameters in parameter_counts:
-            for devices in device_counts:
-                progress(f"round with {devices} devices, {parameters:,} parameters")
-                results.append(run_case(bench, timer, devices, parameters))
-    text = render(results, time.perf_counter() - started)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    return 0
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    return args
 
 
 def setup(node: Anvil, device_count: int, workdir: Path) -> Bench:

@@ -508,55 +508,10 @@ def render_profile(system: System, calls: int) -> str:
 
 
 def measure_onchain(system: System, roles: list[LocalAccount], mode: Mode) -> str:
-    _, registrar_key, attestor, manager, aggregator, relayer = roles
     keys = [_device_key(f"onchain-{i}") for i in range(mode.onchain_commitments)]
-    enrol_times = []
-    for key in keys:
-        start = time.perf_counter()
-        registrar.enrol_device(system, registrar_key, key)
-        enrol_times.append(time.perf_counter() - start)
-        registrar.attest_device(system, attestor, key.address, measurement=MEASUREMENT)
-    model_id = create_model(
-        system,
-        manager,
-        base_model_hash=BASE_HASH,
-        base_model_cid=CID,
-        params=ModelParams(
-            min_trust=2_000,
-            quorum=1,
-            round_duration=36_000,
-            aggregation_rule=AggregationRule.FEDAVG,
-        ),
-        segments=[1],
-        aggregators=[aggregator.address],
-    )
-    round_ = open_round(system, manager, model_id)
-    first_block = system.client.w3.eth.block_number + 1
     blob = b"update bytes"
-    for key in keys:
-        commitment = Commitment(
-            model_id=model_id,
-            round=round_,
-            device=key.address,
-            content_hash=hashlib.sha256(blob).digest(),
-            cid=CID,
-            sample_count=100,
-            base_model_hash=BASE_HASH,
-        )
-        submit(system, relayer, commitment, sign_commitment(system, key, commitment))
-    head = system.client.w3.eth.block_number
-    rows = [
-        CommitmentRow.from_event(entry)
-        for entry in iter_events(
-            system.client,
-            system.models.events.UpdateCommitted,
-            first_block,
-            head,
-            page_size=EVENT_PAGE,
-        )
-    ]
-    if len(rows) != len(keys):
-        raise AssertionError(f"expected {len(keys)} commitments, read {len(rows)}")
+    rows, enrol_times = _commit_onchain(system, roles, keys, blob)
+
     full, record, raw, offline = [], [], [], []
     reads_per_check = _count_reads(system, rows[0])
     session = requests.Session()
@@ -574,6 +529,7 @@ def measure_onchain(system: System, roles: list[LocalAccount], mode: Mode) -> st
             verify._check_signature(system, row, device)
             hashlib.sha256(blob).hexdigest()
             offline.append(time.perf_counter() - start)
+
     full_ms = statistics.median(full) * 1e3
     record_ms = statistics.median(record) * 1e3
     raw_ms = statistics.median(raw) * 1e3
@@ -607,6 +563,65 @@ def measure_onchain(system: System, roles: list[LocalAccount], mode: Mode) -> st
             "",
         ]
     )
+
+
+def _commit_onchain(
+    system: System, roles: list[LocalAccount], keys: list[LocalAccount], blob: bytes
+) -> tuple[list[CommitmentRow], list[float]]:
+    """Enrol, attest and commit one relayed update per key.
+
+    Returns the journal rows of the commitments and the time of each
+    ``registrar.enrol_device`` call.
+    """
+    _, registrar_key, attestor, manager, aggregator, relayer = roles
+    enrol_times = []
+    for key in keys:
+        start = time.perf_counter()
+        registrar.enrol_device(system, registrar_key, key)
+        enrol_times.append(time.perf_counter() - start)
+        registrar.attest_device(system, attestor, key.address, measurement=MEASUREMENT)
+
+    model_id = create_model(
+        system,
+        manager,
+        base_model_hash=BASE_HASH,
+        base_model_cid=CID,
+        params=ModelParams(
+            min_trust=2_000,
+            quorum=1,
+            round_duration=36_000,
+            aggregation_rule=AggregationRule.FEDAVG,
+        ),
+        segments=[1],
+        aggregators=[aggregator.address],
+    )
+    round_ = open_round(system, manager, model_id)
+    first_block = system.client.w3.eth.block_number + 1
+    for key in keys:
+        commitment = Commitment(
+            model_id=model_id,
+            round=round_,
+            device=key.address,
+            content_hash=hashlib.sha256(blob).digest(),
+            cid=CID,
+            sample_count=100,
+            base_model_hash=BASE_HASH,
+        )
+        submit(system, relayer, commitment, sign_commitment(system, key, commitment))
+
+    rows = [
+        CommitmentRow.from_event(entry)
+        for entry in iter_events(
+            system.client,
+            system.models.events.UpdateCommitted,
+            first_block,
+            system.client.w3.eth.block_number,
+            page_size=EVENT_PAGE,
+        )
+    ]
+    if len(rows) != len(keys):
+        raise AssertionError(f"expected {len(keys)} commitments, read {len(rows)}")
+    return rows, enrol_times
 
 
 def _daemon_provenance(system: System, row: CommitmentRow) -> None:
@@ -784,6 +799,7 @@ def _enrol_pipelined(
     (abi,) = [e for e in system.devices.abi if e.get("name") == "enrol"]
     types = [str(i["type"]) for i in abi["inputs"]]
     selector = keccak(f"enrol({','.join(types)})".encode())[:4]
+
     deadline = 0
     last = None
     for position, index in enumerate(indices):
@@ -819,6 +835,7 @@ def _enrol_pipelined(
         )
         last = w3.eth.send_raw_transaction(signed.raw_transaction)
         nonce += 1
+
     if last is not None:
         client.wait(last)
     # The client's cached nonce of the registrar is stale now.

@@ -65,7 +65,7 @@ from ztfm_chain.identity.commitments import Commitment, sign_commitment, submit
 from ztfm_chain.storage.embedded import EmbeddedStore
 from ztfm_chain.updates import decode_model, encode_model
 
-#: What each misbehaving device does, by device index.
+#: Misbehaviour of each misbehaving device, by device index.
 ROLES = {
     1: "sign flip x5",
     5: "scaling x10",
@@ -74,7 +74,7 @@ ROLES = {
     17: "revoked mid-run",
 }
 REVOKE_ROUND = 5
-#: How the report names the on-chain run for each rule.
+#: Label of the on-chain run in the report, for each rule.
 RULE_LABELS = {
     AggregationRule.FEDAVG: "FedAvg over the updates that pass the root-set checks",
     AggregationRule.TRIMMED_MEAN: "trimmed mean over the checked updates",
@@ -106,7 +106,7 @@ class DemoSettings:
 
 @dataclass
 class RoundRecord:
-    """What one round produced."""
+    """Outcome of one round as the demo prints and reports it."""
 
     round: int
     state: str
@@ -453,7 +453,7 @@ def _outsider_attempt(
     model_id: int,
     round: int,
 ) -> str:
-    """The never-enrolled party's try: its own update, or a forged one for ``victim``."""
+    """Submit the outsider's commitment: its own in odd rounds, forged for ``victim`` in even ones."""
     base = round_info(system, model_id, round).base_model_hash
     claimed = outsider.address if round % 2 else victim.device
     commitment = Commitment(

@@ -38,7 +38,7 @@ from ztfm_chain.updates import decode_model
 
 @dataclass
 class AuditResult:
-    """What the auditor found: each commitment's reason and every disagreement."""
+    """Findings of an audit: each commitment's reason and every disagreement."""
 
     model_id: int
     round: int

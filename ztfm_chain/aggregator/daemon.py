@@ -85,13 +85,13 @@ AGGREGATOR_PENALTIES_BPS = {
 
 
 def default_trust_policy() -> TrustPolicy:
-    """Return the trust policy the daemon uses unless told otherwise."""
+    """Return the trust policy the daemon uses unless another one is given."""
     return TrustPolicy(penalties_bps=AGGREGATOR_PENALTIES_BPS)
 
 
 @dataclass
 class AggregatorSettings:
-    """How the daemon runs; every field has a working default for a local chain."""
+    """Settings of the daemon; every field has a working default for a local chain."""
 
     models: tuple[int, ...]
     confirmations: int = 0
@@ -419,25 +419,7 @@ class Aggregator:
         model_id = model.model_id
         base = self._round_base(model_id, round)
         rows = self.journal.commitments(model_id, round)
-        verified: list[VerifiedUpdate] = []
-        verdicts: dict[str, Verdict] = {}
-        missing: list[CommitmentRow] = []
-        for row in rows:
-            if row.status == "rejected":
-                if row.device not in verdicts:
-                    verdicts[row.device] = Verdict(Reason[row.reason or "MALFORMED"])
-                continue
-            status = check_current_status(self.system, model, row)
-            if not status.ok:
-                verdicts[row.device] = status
-                continue
-            content = check_content(self.store, model, base.schema, row)
-            if content is None:
-                missing.append(row)
-            elif isinstance(content, Verdict):
-                verdicts[row.device] = content
-            else:
-                verified.append(content)
+        verified, verdicts, missing = self._check_rows(model, base, rows)
         if missing:
             if not self._store_reachable(base.cid) or not self._past(
                 deadline + self.settings.content_grace
@@ -507,6 +489,31 @@ class Aggregator:
             result["new_model_cid"],
             result["report_cid"],
         )
+
+    def _check_rows(
+        self, model: ModelInfo, base: GlobalModel, rows: list[CommitmentRow]
+    ) -> tuple[list[VerifiedUpdate], dict[str, Verdict], list[CommitmentRow]]:
+        """Check standing and content; return verified updates, verdicts, missing."""
+        verified: list[VerifiedUpdate] = []
+        verdicts: dict[str, Verdict] = {}
+        missing: list[CommitmentRow] = []
+        for row in rows:
+            if row.status == "rejected":
+                if row.device not in verdicts:
+                    verdicts[row.device] = Verdict(Reason[row.reason or "MALFORMED"])
+                continue
+            status = check_current_status(self.system, model, row)
+            if not status.ok:
+                verdicts[row.device] = status
+                continue
+            content = check_content(self.store, model, base.schema, row)
+            if content is None:
+                missing.append(row)
+            elif isinstance(content, Verdict):
+                verdicts[row.device] = content
+            else:
+                verified.append(content)
+        return verified, verdicts, missing
 
     def _publish(
         self,

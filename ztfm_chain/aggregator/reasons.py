@@ -10,7 +10,7 @@ from enum import IntEnum
 
 
 class Reason(IntEnum):
-    """Why a commitment was accepted or rejected (the first failed check)."""
+    """Verdict on a commitment: ACCEPTED, or the first check it failed."""
 
     #: Every check passed and the update was aggregated.
     ACCEPTED = 0

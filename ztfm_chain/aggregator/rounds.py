@@ -67,7 +67,7 @@ class AnomalySettings:
 
 @dataclass
 class RoundOutcome:
-    """What an aggregator publishes and writes for one round."""
+    """Outcome of one round: what the aggregator publishes and writes."""
 
     accepted: list[str]
     verdicts: dict[str, tuple[Reason, str]]

@@ -59,8 +59,8 @@ class ChainClient:
     ) -> None:
         self.url = url
         self.receipt_timeout = receipt_timeout
-        # web3 asks for eth_chainId around every call; the provider's request cache
-        # answers those (the chain id of an endpoint cannot change under it).
+        # web3 sends eth_chainId before and after every call; the provider's cache
+        # returns it instead (the chain id of an endpoint cannot change under it).
         self.w3 = Web3(
             Web3.HTTPProvider(
                 url,
@@ -76,7 +76,7 @@ class ChainClient:
             self.chain_id = self.read(lambda: self.w3.eth.chain_id)
         except ChainUnavailable as exc:
             raise ChainUnavailable(
-                f"no JSON-RPC answer from {url}: {exc}; start a chain with "
+                f"no JSON-RPC response from {url}: {exc}; start a chain with "
                 "`ztfm chain up` or check the URL"
             ) from None
 
@@ -93,7 +93,7 @@ class ChainClient:
             except _CONNECTION_ERRORS as exc:
                 if attempt == _READ_RETRIES:
                     raise ChainUnavailable(
-                        f"{self.url} did not answer after {attempt} attempts: {exc}"
+                        f"{self.url} did not respond after {attempt} attempts: {exc}"
                     ) from None
                 log.warning(
                     "chain.read_retry url=%s attempt=%s error=%s",

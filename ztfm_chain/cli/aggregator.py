@@ -97,9 +97,10 @@ def run(
 ) -> None:
     """Verify, aggregate and finalize rounds until stopped (SIGTERM or Ctrl-C).
 
-    Every commitment is checked against the chain; updates are fetched from the store
-    and never trusted; the new global model and a verification report are published
-    to the store; rounds are finalized on chain and trust scores written back.
+    Every commitment is checked against the chain, and updates fetched from the store
+    are verified before they are decoded. The new global model and a verification
+    report go to the store, then each round is finalized on chain and the trust
+    scores are written back.
     """
     # Imported here: torch and scikit-learn take seconds to load, and only this
     # command of the CLI needs them.

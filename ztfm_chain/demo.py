@@ -584,9 +584,10 @@ def _baselines(
         training=training,
     )
     return {
-        "FedAvg under attack (off-chain replay, sign flip x5 from 4 devices)": (
-            under_attack.accuracy
-        ),
+        # The off-chain replay cannot swap stored bytes or replay commitments, so
+        # the four devices whose updates are bad on chain all send 5x sign flips.
+        "FedAvg under attack (off-chain replay: devices 1, 5, 9 and 13 send "
+        "5x sign-flipped updates)": under_attack.accuracy,
         "FedAvg over the honest devices only (off-chain replay)": honest_only.accuracy,
         "FedAvg with no adversaries (off-chain replay)": no_attack.accuracy,
     }
@@ -618,19 +619,23 @@ def write_report(result: DemoResult, settings: DemoSettings) -> Path:
     figure.savefig(folder / "accuracy.png", dpi=110)
     plt.close(figure)
     figure, axes = plt.subplots(figsize=(8, 5))
-    for device, label in result.labels.items():
+    styles = iter(["-", "--", "-.", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1))])
+    for index, (device, label) in enumerate(result.labels.items()):
         series = [r.trust[device] for r in result.rounds]
-        style = "-" if label != "honest" else ":"
-        axes.plot(
-            rounds,
-            series,
-            style,
-            label=label if label != "honest" else None,
-            alpha=1.0 if label != "honest" else 0.4,
-        )
+        if label == "honest":
+            axes.plot(rounds, series, ":", alpha=0.4, color="grey")
+        else:
+            # Distinct dashes: several attackers end on the same score.
+            axes.plot(
+                rounds,
+                series,
+                linestyle=next(styles),
+                linewidth=2,
+                label=f"dev{index:02d} {label}",
+            )
     axes.set_xlabel("round")
     axes.set_ylabel("trust score on chain (basis points)")
-    axes.legend(fontsize=8, title="dotted: honest devices")
+    axes.legend(fontsize=8, title="grey dotted: honest devices", loc="center right")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(folder / "trust.png", dpi=110)
@@ -663,7 +668,9 @@ def _markdown(result: DemoResult, settings: DemoSettings) -> str:
         "| round | state | accuracy | accepted | rejected (reason) |",
         "| ---: | --- | ---: | ---: | --- |",
     ]
-    names = {d: f"{label} ({d[:8]})" for d, label in result.labels.items()}
+    names = {
+        d: f"dev{i:02d} {label}" for i, (d, label) in enumerate(result.labels.items())
+    }
     for record in result.rounds:
         rejected = "; ".join(
             f"{names.get(d, 'outsider ' + d[:8])}: {reason}"
@@ -673,8 +680,19 @@ def _markdown(result: DemoResult, settings: DemoSettings) -> str:
             f"| {record.round} | {record.state} | {record.accuracy:.3f} | "
             f"{record.accepted} | {rejected} |"
         )
-    lines += ["", "| device | role | final trust |", "| --- | --- | ---: |"]
+    lines += [
+        "",
+        "| name | device | role | final trust |",
+        "| --- | --- | --- | ---: |",
+    ]
     last = result.rounds[-1].trust if result.rounds else {}
-    for device, label in result.labels.items():
-        lines.append(f"| {device} | {label} | {last.get(device, '')} |")
+    for index, (device, label) in enumerate(result.labels.items()):
+        lines.append(
+            f"| dev{index:02d} | {device} | {label} | {last.get(device, '')} |"
+        )
+    lines += [
+        "",
+        "A device whose trust falls below the model's minimum is refused by the "
+        "contract and so earns no new score: it stays out until an operator acts.",
+    ]
     return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ from ztfm_chain.aggregator.verify import (
 from ztfm_chain.chain.deploy import System
 from ztfm_chain.chain.events import iter_events
 from ztfm_chain.chain.models import RoundState, model_info, round_info
-from ztfm_chain.exceptions import StorageError, UsageError
+from ztfm_chain.exceptions import StorageError, UsageError, ZtfmError
 from ztfm_chain.globalmodel import fetch_base_model, fetch_model_bytes, schema_of
 from ztfm_chain.storage.base import Store
 from ztfm_chain.updates import decode_model
@@ -64,7 +64,9 @@ def audit_round(
     info = round_info(system, model_id, round)
     if info.state not in (RoundState.FINALIZED, RoundState.FAILED):
         raise UsageError(
-            f"round {round} of model {model_id} is {info.state.name.lower()}; only a "
+            f"round {round} of model {model_id} is "
+            f"{'never opened' if info.state is RoundState.NONE else info.state.name.lower()}"
+            "; only a "
             "finalized or failed round can be audited"
         )
     result = AuditResult(model_id, round, info.state.name.lower())
@@ -75,12 +77,20 @@ def audit_round(
     model = model_info(system, model_id, final_block - 1)
     base_model = fetch_base_model(system, store, model_id)
     schema = base_model.schema
-    base_bytes = fetch_model_bytes(
-        store,
-        report.get("base_model_cid", model.base_model_cid),
-        info.base_model_hash,
-        what=f"base model of round {round}",
-    )
+    # The round's base is the model's global model when the round opened: the
+    # report names its CID, and the bytes must match the hash the chain recorded.
+    try:
+        base_bytes = fetch_model_bytes(
+            store,
+            report.get("base_model_cid", model.base_model_cid),
+            info.base_model_hash,
+            what=f"base model of round {round}",
+        )
+    except ZtfmError as exc:
+        result.disagreements.append(f"base model named by the report: {exc}")
+        raise UsageError(
+            f"cannot audit round {round}: its base model is not available ({exc})"
+        ) from None
     base = decode_model(base_bytes, schema, max_size=len(base_bytes))
     rows = [
         CommitmentRow.from_event(e)
@@ -123,10 +133,15 @@ def audit_round(
             verified.append(content)
     reference = None
     if report.get("reference_cid"):
-        reference_bytes = store.get(report["reference_cid"])
-        reference = decode_model(
-            reference_bytes, schema_of(reference_bytes), max_size=len(reference_bytes)
-        )
+        try:
+            reference_bytes = store.get(report["reference_cid"])
+            reference = decode_model(
+                reference_bytes,
+                schema_of(reference_bytes),
+                max_size=len(reference_bytes),
+            )
+        except ZtfmError as exc:
+            result.disagreements.append(f"reference update not usable: {exc}")
     outcome = compute_outcome(
         schema=schema,
         base=base,
@@ -177,7 +192,40 @@ def _fetch_report(store: Store, args: Any, result: AuditResult) -> dict[str, Any
     if not isinstance(report, dict):
         result.disagreements.append("report is not a JSON object")
         return {}
-    return report
+    return _sanitized(report, result)
+
+
+def _sanitized(report: dict[str, Any], result: AuditResult) -> dict[str, Any]:
+    """Keep the report fields the audit reads only when they have the right types."""
+    clean: dict[str, Any] = {}
+    for key in ("reference_cid", "base_model_cid"):
+        value = report.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            clean[key] = value
+        else:
+            result.disagreements.append(
+                f"report field {key} is not a string: {value!r}"
+            )
+    commitments = report.get("commitments", [])
+    if not isinstance(commitments, list):
+        result.disagreements.append("report field commitments is not a list")
+        commitments = []
+    rows = []
+    for entry in commitments:
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("device"), str)
+            and isinstance(entry.get("reason"), str)
+        ):
+            rows.append({"device": entry["device"], "reason": entry["reason"]})
+        else:
+            result.disagreements.append(
+                f"report has an invalid commitment entry: {entry!r:.200}"
+            )
+    clean["commitments"] = rows
+    return clean
 
 
 def _compare(
@@ -198,6 +246,13 @@ def _compare(
         result.disagreements.append(f"{device}: in the report but has no commitment")
     content = {row.device: row.content_hash for row in rows}
     digest = accepted_digest([(d, content[d]) for d in outcome.accepted])
+    if state is RoundState.FAILED:
+        # RoundFailed records no digest; the check is that quorum was missed.
+        if outcome.new_model is not None:
+            result.disagreements.append(
+                "the auditor reaches quorum, but the round was recorded as failed"
+            )
+        return
     if digest != bytes(args["acceptedDigest"]):
         result.disagreements.append(
             f"accepted digest 0x{digest.hex()} differs from the chain's "
@@ -214,7 +269,3 @@ def _compare(
                 f"0x{hashlib.sha256(outcome.new_model).hexdigest()}, the chain "
                 f"records 0x{bytes(args['newModelHash']).hex()}"
             )
-    elif outcome.new_model is not None:
-        result.disagreements.append(
-            "the auditor reaches quorum, but the round was recorded as failed"
-        )

@@ -217,14 +217,30 @@ class Aggregator:
             ",".join(map(str, self.settings.models)),
             self.system.client.chain_id,
         )
+        failures = 0
         while not stop.is_set():
             try:
                 self.step()
-            except StorageError as exc:
-                log.warning("aggregator.storage_unavailable error=%s", exc)
-            except ZtfmError as exc:
-                log.error("aggregator.step_failed error=%s", exc)
-            stop.wait(self.settings.poll_interval)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                # Log the first failures and then every tenth, and back off up to
+                # 30 s, so that an outage neither floods the log nor the node.
+                if failures <= 3 or failures % 10 == 0:
+                    event = (
+                        "aggregator.storage_unavailable"
+                        if isinstance(exc, StorageError)
+                        else "aggregator.step_failed"
+                    )
+                    log.warning(
+                        "%s failures=%s error=%r",
+                        event,
+                        failures,
+                        exc,
+                        exc_info=not isinstance(exc, ZtfmError),
+                    )
+            delay = self.settings.poll_interval * 2 ** min(failures, 8)
+            stop.wait(min(delay, max(self.settings.poll_interval, 30.0)))
         log.info("aggregator.stopped account=%s", self.account.address)
 
     def step(self) -> None:

@@ -154,7 +154,11 @@ def compute_outcome(
 def next_trust(
     outcome: RoundOutcome, current: Mapping[str, int], policy: TrustPolicy
 ) -> dict[str, tuple[int, int, Reason]]:
-    """Return (old, new, reason) per device that had a verdict this round."""
+    """Return (old, new, reason) per device that had a verdict this round.
+
+    NOTE: a device below its model's minimum trust cannot commit, so it gets no
+    verdict and no new score: nothing lifts it back without an operator.
+    """
     changes: dict[str, tuple[int, int, Reason]] = {}
     for device, (reason, _) in outcome.verdicts.items():
         old = current[device]

@@ -28,6 +28,7 @@ from ztfm_chain.exceptions import (
     ObjectTooLarge,
     SignatureError,
     UpdateError,
+    UsageError,
 )
 from ztfm_chain.identity import eip712
 from ztfm_chain.identity.commitments import Commitment
@@ -129,6 +130,10 @@ def check_content(
     """Fetch and check the update; None means the store did not serve it yet."""
     try:
         data = store.get(row.cid)
+    except UsageError as exc:
+        # The contract stores any string as the CID; one that is not a CID of
+        # content this store can verify is a malformed commitment.
+        return Verdict(Reason.MALFORMED, f"commitment CID is not usable: {exc}")
     except ContentMismatch as exc:
         return Verdict(Reason.CID_MISMATCH, str(exc))
     except ObjectTooLarge as exc:

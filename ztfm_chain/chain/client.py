@@ -74,9 +74,9 @@ class ChainClient:
         self._locks_guard = threading.Lock()
         try:
             self.chain_id = self.read(lambda: self.w3.eth.chain_id)
-        except ChainUnavailable as exc:
+        except ChainUnavailable:
             raise ChainUnavailable(
-                f"no JSON-RPC response from {url}: {exc}; start a chain with "
+                f"no JSON-RPC response from {url}; start a chain with "
                 "`ztfm chain up` or check the URL"
             ) from None
 
@@ -93,9 +93,10 @@ class ChainClient:
             except _CONNECTION_ERRORS as exc:
                 if attempt == _READ_RETRIES:
                     raise ChainUnavailable(
-                        f"{self.url} did not respond after {attempt} attempts: {exc}"
+                        f"{self.url} did not respond after {attempt} attempts "
+                        f"({type(exc).__name__})"
                     ) from None
-                log.warning(
+                log.debug(
                     "chain.read_retry url=%s attempt=%s error=%s",
                     self.url,
                     attempt,

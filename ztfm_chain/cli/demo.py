@@ -57,7 +57,9 @@ def demo(
     config = settings(ctx)
     console = Console(highlight=False)
     folder = workdir or Path(tempfile.mkdtemp(prefix="ztfm-demo-"))
-    console.print(f"working folder: {folder}")
+    console.print(
+        f"working folder (kept after the run, with the daemon's log): {folder}"
+    )
     console.print(
         "misbehaving parties: "
         + "; ".join(f"dev{i:02d} {what}" for i, what in sorted(ROLES.items()))

@@ -25,7 +25,6 @@ from ztfm_chain.cli.settings import Settings
 
 app = typer.Typer(
     name="ztfm",
-    help="Zero-trust federated learning for IoT fleets, with provenance on an EVM chain.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -85,9 +84,9 @@ def main(
 ) -> None:
     """Zero-trust federated learning for IoT fleets, with provenance on an EVM chain.
 
-    Settings come from options, then environment variables, then the config file.
-    Exit codes: 0 success, 1 unexpected failure, 2 bad argument, setting, file or
-    keystore, 3 content store failure, 4 chain failure or wrong chain.
+    Settings come from options, then environment variables (ZTFM_HOME, ZTFM_RPC_URL, ZTFM_STORE, ZTFM_PASSWORD_FILE, ZTFM_PASSWORD), then the config file. Put --json before the command: `ztfm --json device list`.
+
+    Exit codes: 0 success, 1 unexpected failure or an audit that disagrees, 2 bad argument, setting, file, keystore or no chain configured, 3 content store failure, 4 chain failure or wrong chain.
     """
     set_debug(debug)
     logging.basicConfig(

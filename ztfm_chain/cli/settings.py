@@ -186,7 +186,11 @@ class Settings:
     def describe(self) -> dict[str, str]:
         """Return where the chain and the store come from, for the output."""
         return {
-            "chain": f"{self.rpc_url or 'none'} (from {self.rpc_source})",
+            "chain": (
+                f"{self.rpc_url} (from {self.rpc_source})"
+                if self.rpc_url
+                else "none configured (run `ztfm chain up` or pass --rpc-url)"
+            ),
             "store": f"{self.store_location} (from {self.store_source})",
             "home": str(self.home),
         }
@@ -223,4 +227,4 @@ def _first(*candidates: tuple[Any, str]) -> tuple[str | None, str]:
     for value, source in candidates:
         if value:
             return str(value), source
-    return None, "nowhere"
+    return None, "not configured"

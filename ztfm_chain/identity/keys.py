@@ -320,8 +320,8 @@ def _read_keystore(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise KeystoreError(
-            f"keystore {path} not found; create one with generate_keystore or "
-            "import_key"
+            f"keystore {path} not found; create one with `ztfm device keygen NAME` "
+            "(generate_keystore or import_key in Python)"
         ) from None
     except UnicodeDecodeError:
         raise KeystoreError(f"keystore {path} is not UTF-8 text") from None

@@ -69,10 +69,20 @@ def compute_cid(data: bytes, cid_version: CidVersion = 1) -> str:
     return hasher.finalize()
 
 
+#: Longest CID accepted; real CIDs of sha2-256 content are under 100 characters.
+MAX_CID_LENGTH = 256
+
+
 def _decode(cid: str) -> CID:
+    if not isinstance(cid, str) or not 0 < len(cid) <= MAX_CID_LENGTH:
+        shown = cid[:64] + "..." if isinstance(cid, str) and len(cid) > 64 else cid
+        raise UsageError(
+            f"invalid CID {shown!r}: expected a string of 1 to {MAX_CID_LENGTH} "
+            "characters"
+        )
     try:
         return CID.decode(cid)
-    except (ValueError, KeyError) as err:
+    except Exception as err:
         raise UsageError(f"invalid CID {cid!r}: {err}") from err
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +37,6 @@ _TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 # and then a header of a few hundred thousand brackets overflows the C stack and
 # kills the process instead of raising RecursionError.
 _MAX_JSON_DEPTH = 3
-_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_JSON_BRACKET_RE = re.compile(r"[\[\]{}]")
 
 
 @dataclass(frozen=True)
@@ -132,15 +129,28 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
 
 
 def _check_depth(text: str) -> None:
+    # One pass over the characters, skipping string contents and their escapes, so
+    # the check is linear in the header size whatever the header contains.
     depth = 0
-    for bracket in _JSON_BRACKET_RE.finditer(_JSON_STRING_RE.sub("", text)):
-        if bracket.group() in "[{":
+    in_string = False
+    escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
             depth += 1
             if depth > _MAX_JSON_DEPTH:
                 raise MalformedUpdate(
                     f"header JSON is nested deeper than {_MAX_JSON_DEPTH} levels"
                 )
-        else:
+        elif char in "]}":
             depth -= 1
 
 

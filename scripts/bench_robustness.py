@@ -325,7 +325,7 @@ def format_report(
         "",
         f"Flagged: trust below {policy.quarantine_below_bps} bps (start "
         f"{policy.initial_bps}, EWMA history weight {policy.history_weight_bps} bps, "
-        "behaviour = clipped cosine, 0 when flagged). Means over seeds; precision is "
+        "behaviour = 5000 + 5000 x clipped cosine, 0 when flagged). Means over seeds; precision is "
         "left out of the mean for a seed that flagged nobody, and 'n/a' means it was "
         "undefined for every seed.",
         "",

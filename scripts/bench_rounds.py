@@ -177,7 +177,9 @@ class CaseResult:
     phases: dict[str, float]
     plain: float
     plain_math: float
-    peak_rss_mib: float
+    round_peak_mib: float | None
+    plain_peak_mib: float | None
+    process_peak_mib: float
 
     @property
     def overhead(self) -> float:
@@ -346,8 +348,12 @@ def run_case(
     with journal.transaction() as db:
         journal.set_cursor(db, opened_at)
 
+    plain_peaks = []
+    reset_peak_rss()
     plain_runs = [plain_fedavg(store, schema, base, stored)]
+    plain_peaks.append(peak_rss_mib())
     timer.totals.clear()
+    reset_peak_rss()
     timer.active = True
     start = time.perf_counter()
     steps = 0
@@ -360,7 +366,11 @@ def run_case(
         steps += 1
     round_seconds = time.perf_counter() - start
     timer.active = False
-    plain_runs += [plain_fedavg(store, schema, base, stored) for _ in range(2)]
+    round_peak = peak_rss_mib()
+    for _ in range(2):
+        reset_peak_rss()
+        plain_runs.append(plain_fedavg(store, schema, base, stored))
+        plain_peaks.append(peak_rss_mib())
 
     result = journal.result(model_id, round_)
     assert result is not None, "a done round always has a result"
@@ -391,8 +401,31 @@ def run_case(
         phases=phases,
         plain=statistics.median(run[1] for run in plain_runs),
         plain_math=statistics.median(run[2] for run in plain_runs),
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        round_peak_mib=round_peak,
+        plain_peak_mib=None if None in plain_peaks else max(plain_peaks),
+        process_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak RSS (VmHWM) to its current RSS, where Linux allows."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float | None:
+    """Return VmHWM from /proc/self/status in MiB, or None where it is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def commit_updates(
@@ -477,19 +510,21 @@ def render(results: list[CaseResult], elapsed: float) -> str:
         "averaging alone. Overhead is (round - plain FedAvg) / plain FedAvg. The "
         "off-chain part of the round leaves out the phases that send JSON-RPC "
         "requests (" + ", ".join(CHAIN_PHASES) + "); off-chain overhead compares "
-        "it with plain FedAvg the same way.",
+        "it with plain FedAvg the same way. Peak RSS is the process's VmHWM, reset "
+        "through /proc/self/clear_refs before the round and before each plain run.",
         "",
         "| devices | parameters | update, KiB | setup, s | round, s | plain FedAvg, s "
         "| FedAvg maths, s | overhead | off-chain part of round, s "
-        "| off-chain overhead | peak RSS so far, MiB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| off-chain overhead | round peak RSS, MiB | plain FedAvg peak RSS, MiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for r in results:
         lines.append(
             f"| {r.devices} | {r.parameters:,} | {r.update_bytes / 1024:,.0f} "
             f"| {r.setup:.1f} | {r.round:.2f} | {r.plain:.3f} | {r.plain_math:.3f} "
             f"| {r.overhead:.0%} | {r.off_chain:.2f} | {r.off_chain_overhead:.0%} "
-            f"| {r.peak_rss_mib:,.0f} |"
+            f"| {_mib(r.round_peak_mib)} | {_mib(r.plain_peak_mib)} |"
         )
     lines += [
         "",
@@ -546,12 +581,17 @@ def render_targets(results: list[CaseResult]) -> list[str]:
         )
     largest = max(results, key=lambda r: r.parameters * r.devices)
     lines.append(
-        f"- Peak RSS after the largest case ({largest.devices} devices, "
-        f"{largest.parameters:,} parameters): {largest.peak_rss_mib:,.0f} MiB. It is "
-        "the process maximum, so it also covers the plain FedAvg runs and the "
-        "smaller cases before it."
+        f"- Peak RSS of the largest case ({largest.devices} devices, "
+        f"{largest.parameters:,} parameters): {_mib(largest.round_peak_mib)} MiB "
+        "during the daemon round. `resource.getrusage` gives "
+        f"{largest.process_peak_mib:,.0f} MiB after it, the process maximum over "
+        "every case and plain FedAvg run so far."
     )
     return lines
+
+
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
 
 
 def _case_list(results: list[CaseResult]) -> str:

@@ -177,9 +177,8 @@ class CaseResult:
     phases: dict[str, float]
     plain: float
     plain_math: float
-    round_peak_mib: float | None
-    plain_peak_mib: float | None
-    process_peak_mib: float
+    round_peak_mib: float
+    plain_peak_mib: float
 
     @property
     def overhead(self) -> float:
@@ -218,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     started = time.perf_counter()
+    resettable = reset_peak_rss()
     timer = install_timer()
     results = []
     with (
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress(f"round with {devices} devices, {parameters:,} parameters")
                 results.append(run_case(bench, timer, devices, parameters))
 
-    text = render(results, time.perf_counter() - started)
+    text = render(results, time.perf_counter() - started, resettable)
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
@@ -252,7 +252,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--parameters",
-        help="comma-separated model sizes in parameters (default: 10000,100000,1000000)",
+        help="comma-separated model sizes, in parameters "
+        "(default: 10000,100000,1000000)",
     )
     parser.add_argument(
         "--threads",
@@ -377,7 +378,7 @@ def run_case(
     if result["accepted_count"] != device_count:
         raise RuntimeError(
             f"the daemon accepted {result['accepted_count']} of {device_count} "
-            "updates; every update is built to pass"
+            "updates, but every update is built to pass"
         )
     plain_hash = "0x" + hashlib.sha256(plain_runs[0][0]).hexdigest()
     if plain_hash != result["new_model_hash"]:
@@ -402,30 +403,26 @@ def run_case(
         plain=statistics.median(run[1] for run in plain_runs),
         plain_math=statistics.median(run[2] for run in plain_runs),
         round_peak_mib=round_peak,
-        plain_peak_mib=None if None in plain_peaks else max(plain_peaks),
-        process_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        plain_peak_mib=max(plain_peaks),
     )
 
 
-def reset_peak_rss() -> None:
-    """Reset this process's peak RSS (VmHWM) to its current RSS, where Linux allows."""
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS to its current RSS, or return False if refused.
+
+    Writing 5 to /proc/self/clear_refs resets the peak that ``getrusage`` reports.
+    """
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
             handle.write("5")
     except OSError:
-        pass
+        return False
+    return True
 
 
-def peak_rss_mib() -> float | None:
-    """Return VmHWM from /proc/self/status in MiB, or None where it is missing."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+def peak_rss_mib() -> float:
+    """Return ``ru_maxrss`` of ``resource.getrusage`` in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def commit_updates(
@@ -437,7 +434,7 @@ def commit_updates(
     base_hash: bytes,
     device_count: int,
 ) -> list[tuple[str, int]]:
-    """Store and commit one update per device; return (CID, sample count) pairs."""
+    """Store and commit one update per device, and return (CID, sample count) pairs."""
     generator = torch.Generator().manual_seed(model_id)
     shared = torch.randn(schema.numel, generator=generator) * 0.01
     stored = []
@@ -471,7 +468,7 @@ def plain_fedavg(
     base: dict[str, torch.Tensor],
     stored: list[tuple[str, int]],
 ) -> tuple[bytes, float, float]:
-    """Average the stored updates with no checks; return (model, seconds, math).
+    """Average the stored updates with no checks, and return (model, seconds, math).
 
     ``math`` is the FedAvg arithmetic alone: stacking, weighting, averaging.
     """
@@ -490,7 +487,7 @@ def plain_fedavg(
     return model, time.perf_counter() - start, math_seconds
 
 
-def render(results: list[CaseResult], elapsed: float) -> str:
+def render(results: list[CaseResult], elapsed: float, resettable: bool) -> str:
     command = " ".join([".venv/bin/python scripts/bench_rounds.py", *sys.argv[1:]])
     lines = [
         "# Aggregator round benchmark",
@@ -498,7 +495,7 @@ def render(results: list[CaseResult], elapsed: float) -> str:
         f"Measured {datetime.now(UTC):%Y-%m-%d} with `{command}` on "
         f"{os.cpu_count()} cores ({cpu_model()}), Python "
         f"{platform.python_version()}, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} intra-op threads, Anvil on 127.0.0.1, embedded "
+        f"{torch.get_num_threads()} intra-op thread(s), Anvil on 127.0.0.1, embedded "
         f"store in a temporary directory. A warm-up round of the smallest case runs "
         f"first and is not reported. The run took {elapsed:.0f} s.",
         "",
@@ -506,12 +503,19 @@ def render(results: list[CaseResult], elapsed: float) -> str:
         "",
         "Round: wall time of `Aggregator.step()` calls until the round's journal "
         "phase is `done`. Plain FedAvg: median of 3 runs in the same process, one "
-        "before and two after the round; FedAvg maths is its stacking and weighted "
+        "before and two after the round. FedAvg maths is its stacking and weighted "
         "averaging alone. Overhead is (round - plain FedAvg) / plain FedAvg. The "
         "off-chain part of the round leaves out the phases that send JSON-RPC "
-        "requests (" + ", ".join(CHAIN_PHASES) + "); off-chain overhead compares "
-        "it with plain FedAvg the same way. Peak RSS is the process's VmHWM, reset "
-        "through /proc/self/clear_refs before the round and before each plain run.",
+        "requests (" + ", ".join(CHAIN_PHASES) + "), and off-chain overhead compares "
+        "it with plain FedAvg the same way. Peak RSS is `ru_maxrss` of "
+        "`resource.getrusage`, reset through /proc/self/clear_refs before the round "
+        "and before each plain run"
+        + (
+            "."
+            if resettable
+            else ", but this kernel refused the reset, so each peak is the process "
+            "maximum so far."
+        ),
         "",
         "| devices | parameters | update, KiB | setup, s | round, s | plain FedAvg, s "
         "| FedAvg maths, s | overhead | off-chain part of round, s "
@@ -524,12 +528,12 @@ def render(results: list[CaseResult], elapsed: float) -> str:
             f"| {r.devices} | {r.parameters:,} | {r.update_bytes / 1024:,.0f} "
             f"| {r.setup:.1f} | {r.round:.2f} | {r.plain:.3f} | {r.plain_math:.3f} "
             f"| {r.overhead:.0%} | {r.off_chain:.2f} | {r.off_chain_overhead:.0%} "
-            f"| {_mib(r.round_peak_mib)} | {_mib(r.plain_peak_mib)} |"
+            f"| {r.round_peak_mib:,.0f} | {r.plain_peak_mib:,.0f} |"
         )
     lines += [
         "",
         "Setup is creating the model, opening the round, and building, storing, "
-        "signing and committing every update; it is not part of the round.",
+        "signing and committing every update. It is not part of the round.",
         "",
         "## Round phases, seconds",
         "",
@@ -582,16 +586,11 @@ def render_targets(results: list[CaseResult]) -> list[str]:
     largest = max(results, key=lambda r: r.parameters * r.devices)
     lines.append(
         f"- Peak RSS of the largest case ({largest.devices} devices, "
-        f"{largest.parameters:,} parameters): {_mib(largest.round_peak_mib)} MiB "
-        "during the daemon round. `resource.getrusage` gives "
-        f"{largest.process_peak_mib:,.0f} MiB after it, the process maximum over "
-        "every case and plain FedAvg run so far."
+        f"{largest.parameters:,} parameters): {largest.round_peak_mib:,.0f} MiB "
+        f"during the daemon round, {largest.plain_peak_mib:,.0f} MiB during plain "
+        "FedAvg."
     )
     return lines
-
-
-def _mib(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
 
 
 def _case_list(results: list[CaseResult]) -> str:
@@ -624,7 +623,7 @@ def _sizes(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
         sizes = tuple(sorted(int(part) for part in text.split(",") if part))
     except ValueError:
         raise SystemExit(
-            f"error: invalid size list {text!r}; expected comma-separated integers"
+            f"error: invalid size list {text!r}: expected comma-separated integers"
         ) from None
     if not sizes or min(sizes) < 1:
         raise SystemExit(f"error: sizes must be positive integers, got {text!r}")

@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections.append(measure_cache(system, roles[1], mode))
 
     elapsed = time.perf_counter() - started
-    text = render_header(elapsed) + "\n".join(sections)
+    text = render_header(elapsed) + "\n" + "\n".join(sections)
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
@@ -498,7 +498,7 @@ def render_profile(system: System, calls: int) -> str:
     lines = [
         "## Where `eip712.recover` spends its time",
         "",
-        f"cProfile over {calls:,} calls on one commitment; the profiler slows every "
+        f"cProfile over {calls:,} calls on one commitment. The profiler slows every "
         "call, so read the shares, not the absolute times.",
         "",
         "| step | share of `recover` |",
@@ -689,9 +689,10 @@ def measure_cache(system: System, registrar_key: LocalAccount, mode: Mode) -> st
         f"`devicesOf` in batches of {CACHE_BATCH}, or with one `deviceOf` call per "
         f"device. {_runs(mode.cache_repeats)}",
         "",
-        "| devices | enrolment, s | events, s | `devicesOf` batches, s "
+        "| devices | enrolment, s | enrolment, ms per device | events, s "
+        "| `devicesOf` batches, s "
         "| events + batches, s | events + per-device `deviceOf`, s | speed-up |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     notes = []
     for size in mode.cache_sizes:
@@ -702,6 +703,7 @@ def measure_cache(system: System, registrar_key: LocalAccount, mode: Mode) -> st
             system, registrar_key, range(len(enrolled), max(size, len(enrolled)))
         )
         enrol_seconds = time.perf_counter() - start
+        enrol_ms = enrol_seconds * 1e3 / max(1, size - len(enrolled))
         progress(f"cache sync with {size} devices")
         runs: dict[str, list[float]] = {}
         for _ in range(mode.cache_repeats):
@@ -725,7 +727,8 @@ def measure_cache(system: System, registrar_key: LocalAccount, mode: Mode) -> st
         batched = statistics.median(runs["batched"])
         per_device = statistics.median(runs["per-device"])
         lines.append(
-            f"| {len(devices):,} | {enrol_seconds:.1f} | {events:.2f} | {batched:.2f} "
+            f"| {len(devices):,} | {enrol_seconds:.1f} | {enrol_ms:.1f} "
+            f"| {events:.2f} | {batched:.2f} "
             f"| {events + batched:.2f} | {events + per_device:.2f} "
             f"| {(events + per_device) / (events + batched):.1f}x |"
         )
@@ -735,9 +738,10 @@ def measure_cache(system: System, registrar_key: LocalAccount, mode: Mode) -> st
     lines += [
         "",
         "Enrolment is the pipelined path described at the top of the script, for "
-        "the devices added to reach each size. The per-device column includes the "
+        "the devices added to reach each size, one transaction per block. The "
+        "`deviceOf` column includes the "
         "event read, which it needs to find the devices. One `devicesOf` batch of "
-        f"{CACHE_BATCH} costs {batch_gas:,} gas by `eth_estimateGas`; Anvil's block "
+        f"{CACHE_BATCH} costs {batch_gas:,} gas by `eth_estimateGas`. Anvil's block "
         f"gas limit, which also caps an `eth_call`, is {gas_limit:,}, so one call "
         f"fits about {gas_limit * CACHE_BATCH // batch_gas:,} devices (an estimate "
         "from the batch's gas). " + " ".join(notes),

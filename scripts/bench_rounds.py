@@ -50,6 +50,7 @@ from eth_account.signers.local import LocalAccount
 from ztfm_chain.aggregator import daemon, verify
 from ztfm_chain.aggregator.daemon import Aggregator, AggregatorSettings
 from ztfm_chain.aggregator.journal import Journal
+from ztfm_chain.aggregator.rounds import UpdateStack
 from ztfm_chain.chain.anvil import Anvil
 from ztfm_chain.chain.client import ChainClient
 from ztfm_chain.chain.deploy import RoleHolders, System, connect, deploy
@@ -145,14 +146,15 @@ def install_timer() -> PhaseTimer:
     """Wrap the daemon's steps in this process to time them by phase."""
     timer = PhaseTimer()
     timer.patch(Aggregator, "sync_events", "events")
-    timer.patch(Aggregator, "_provenance", "provenance")
+    timer.patch(daemon, "check_provenance_many", "provenance")
     timer.patch(eip712, "recover", "signatures")
-    timer.patch(daemon, "check_current_status", "status re-check")
+    timer.patch(daemon, "check_current_status_many", "status re-check")
     timer.patch(Aggregator, "_round_base", "base model", absorb=True)
     # The store's get recomputes the CID, a SHA-256 over the bytes, before it returns.
     timer.patch(EmbeddedStore, "get", "fetch")
     timer.patch(daemon, "check_content", "hash and checks")
     timer.patch(verify, "decode_update", "decode")
+    timer.patch(UpdateStack, "add", "decode")
     timer.patch(daemon, "compute_outcome", "aggregate")
     timer.patch(daemon, "root_reference", "aggregate")
     timer.patch(daemon, "next_trust", "aggregate")

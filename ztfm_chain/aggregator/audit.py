@@ -17,15 +17,15 @@ from ztfm_chain.aggregator.journal import CommitmentRow
 from ztfm_chain.aggregator.reasons import Reason
 from ztfm_chain.aggregator.rounds import (
     AnomalySettings,
+    UpdateStack,
     accepted_digest,
     compute_outcome,
 )
 from ztfm_chain.aggregator.verify import (
     Verdict,
-    VerifiedUpdate,
     check_content,
-    check_current_status,
-    check_provenance,
+    check_current_status_many,
+    check_provenance_many,
 )
 from ztfm_chain.chain.deploy import System
 from ztfm_chain.chain.events import iter_events
@@ -103,20 +103,26 @@ def audit_round(
         )
     ]
     verdicts: dict[str, Verdict] = {}
-    verified: list[VerifiedUpdate] = []
+    verified = UpdateStack(schema, len(rows))
     seen: set[str] = set()
+    duplicates = []
     for row in rows:
-        provenance = check_provenance(
-            system,
-            model_info(system, model_id, row.block - 1),
-            row,
-            duplicate=row.device in seen,
-        )
+        duplicates.append(row.device in seen)
         seen.add(row.device)
+    provenance_verdicts = check_provenance_many(system, rows, duplicates)
+    passed = [row for row, v in zip(rows, provenance_verdicts, strict=True) if v.ok]
+    standing_verdicts = dict(
+        zip(
+            (id(row) for row in passed),
+            check_current_status_many(system, model, passed, final_block - 1),
+            strict=True,
+        )
+    )
+    for row, provenance in zip(rows, provenance_verdicts, strict=True):
         if not provenance.ok:
             verdicts[row.device] = provenance
             continue
-        standing = check_current_status(system, model, row, final_block - 1)
+        standing = standing_verdicts[id(row)]
         if not standing.ok:
             verdicts[row.device] = standing
             continue
@@ -130,7 +136,7 @@ def audit_round(
         elif isinstance(content, Verdict):
             verdicts[row.device] = content
         else:
-            verified.append(content)
+            verified.add(content)
     reference = None
     if report.get("reference_cid"):
         try:

@@ -37,6 +37,7 @@ from ztfm_chain.aggregator.rounds import (
     RULE_NAMES,
     AnomalySettings,
     RootData,
+    UpdateStack,
     accepted_digest,
     compute_outcome,
     next_trust,
@@ -45,11 +46,11 @@ from ztfm_chain.aggregator.rounds import (
 )
 from ztfm_chain.aggregator.verify import (
     Verdict,
-    VerifiedUpdate,
     check_content,
-    check_current_status,
-    check_provenance,
+    check_current_status_many,
+    check_provenance_many,
 )
+from ztfm_chain.chain.batch import ReadBatch
 from ztfm_chain.chain.deploy import System
 from ztfm_chain.chain.events import iter_events
 from ztfm_chain.chain.models import (
@@ -284,11 +285,16 @@ class Aggregator:
                 rows.append(row)
         seen = 0
         with self.journal.transaction() as db:
+            duplicates = []
+            in_batch: set[tuple[int, int, str]] = set()
             for row in rows:
-                duplicate = self.journal.has_earlier_commitment(
-                    db, row.model_id, row.round, row.device
+                key = (row.model_id, row.round, row.device)
+                duplicates.append(
+                    key in in_batch or self.journal.has_earlier_commitment(db, *key)
                 )
-                verdict = self._provenance(row, duplicate)
+                in_batch.add(key)
+            verdicts = check_provenance_many(self.system, rows, duplicates)
+            for row, verdict in zip(rows, verdicts, strict=True):
                 stored = CommitmentRow(
                     **{
                         **row.__dict__,
@@ -305,10 +311,6 @@ class Aggregator:
         if seen:
             self._stall("events")
         return seen
-
-    def _provenance(self, row: CommitmentRow, duplicate: bool) -> Verdict:
-        model = model_info(self.system, row.model_id, row.block - 1)
-        return check_provenance(self.system, model, row, duplicate=duplicate)
 
     # --- 2. rounds ------------------------------------------------------------------
 
@@ -396,6 +398,14 @@ class Aggregator:
         scores = client.call(self.system.trust.functions.scoresOf(self._enrolled))
         latest = client.read(lambda: client.w3.eth.get_block("latest"))
         now = max(int(latest["timestamp"]), int(time.time()))
+        batch = ReadBatch(client)
+        allowed = {
+            segment: batch.call(
+                self.system.models, "isSegmentAllowed", [model.model_id, segment]
+            )
+            for segment in {int(record[2]) for record in records}
+        }
+        batch.execute()
         eligible = set()
         for device, record, score in zip(self._enrolled, records, scores, strict=True):
             status, roles, segment, expires_at = (
@@ -409,11 +419,7 @@ class Aggregator:
                 and expires_at > now
                 and roles & model.required_roles == model.required_roles
                 and score >= model.min_trust
-                and client.call(
-                    self.system.models.functions.isSegmentAllowed(
-                        model.model_id, segment
-                    )
-                )
+                and allowed[int(segment)].value
             ):
                 eligible.add(device.lower())
         return eligible
@@ -508,17 +514,29 @@ class Aggregator:
 
     def _check_rows(
         self, model: ModelInfo, base: GlobalModel, rows: list[CommitmentRow]
-    ) -> tuple[list[VerifiedUpdate], dict[str, Verdict], list[CommitmentRow]]:
-        """Check standing and content; return verified updates, verdicts, missing."""
-        verified: list[VerifiedUpdate] = []
+    ) -> tuple[UpdateStack, dict[str, Verdict], list[CommitmentRow]]:
+        """Check standing and content; return verified updates, verdicts, missing.
+
+        Each verified update goes into its row of the stack as soon as it is
+        decoded, so at most one update's tensors exist besides the stack.
+        """
         verdicts: dict[str, Verdict] = {}
         missing: list[CommitmentRow] = []
+        pending = [row for row in rows if row.status != "rejected"]
+        verified = UpdateStack(base.schema, len(pending))
+        standing = dict(
+            zip(
+                (id(row) for row in pending),
+                check_current_status_many(self.system, model, pending),
+                strict=True,
+            )
+        )
         for row in rows:
             if row.status == "rejected":
                 if row.device not in verdicts:
                     verdicts[row.device] = Verdict(Reason[row.reason or "MALFORMED"])
                 continue
-            status = check_current_status(self.system, model, row)
+            status = standing[id(row)]
             if not status.ok:
                 verdicts[row.device] = status
                 continue
@@ -528,7 +546,7 @@ class Aggregator:
             elif isinstance(content, Verdict):
                 verdicts[row.device] = content
             else:
-                verified.append(content)
+                verified.add(content)
         return verified, verdicts, missing
 
     def _publish(
@@ -677,15 +695,17 @@ class Aggregator:
 
     def _current_trust(self, model_id: int, devices: list[str]) -> dict[str, int]:
         """Return current scores of the devices that take part in the model."""
-        participants = [
-            d
-            for d in devices
-            if self.system.client.call(
-                self.system.models.functions.isParticipant(
-                    model_id, Web3.to_checksum_address(d)
-                )
+        batch = ReadBatch(self.system.client)
+        reads = [
+            batch.call(
+                self.system.models,
+                "isParticipant",
+                [model_id, Web3.to_checksum_address(d)],
             )
+            for d in devices
         ]
+        batch.execute()
+        participants = [d for d, read in zip(devices, reads, strict=True) if read.value]
         if not participants:
             return {}
         scores = self.system.client.call(

@@ -8,7 +8,7 @@ the same new model hash.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,8 @@ import torch
 from ztfm_chain.aggregator.reasons import Reason
 from ztfm_chain.aggregator.verify import VerifiedUpdate
 from ztfm_chain.chain.models import AggregationRule as RuleId
-from ztfm_chain.fl.aggregation import AggregationRule, make_rule
+from ztfm_chain.exceptions import UsageError
+from ztfm_chain.fl.aggregation import AggregationRule, column_blocks, make_rule
 from ztfm_chain.fl.anomaly import (
     DEFAULT_MAX_NORM_RATIO,
     DEFAULT_MIN_COSINE,
@@ -78,11 +79,70 @@ class RoundOutcome:
     trust: dict[str, tuple[int, int, Reason]] = field(default_factory=dict)
 
 
+class UpdateStack:
+    """Verified updates of one round, flattened into the rows of one float32 matrix.
+
+    The matrix is allocated once for ``capacity`` updates, and :meth:`add` copies
+    each update into its row, so the caller can drop the decoded tensors at once.
+    Memory stays at one float32 copy of the round's updates; the rules then read it
+    one block of columns at a time.
+    """
+
+    def __init__(self, schema: ModelSchema, capacity: int) -> None:
+        if capacity < 0:
+            raise UsageError(f"capacity must be >= 0, got {capacity}")
+        self.schema = schema
+        self._matrix = torch.empty(capacity, schema.numel, dtype=torch.float32)
+        self.devices: list[str] = []
+        self.sample_counts: list[int] = []
+
+    @classmethod
+    def of(cls, schema: ModelSchema, updates: Sequence[VerifiedUpdate]) -> UpdateStack:
+        """Stack a list of verified updates."""
+        stack = cls(schema, len(updates))
+        for update in updates:
+            stack.add(update)
+        return stack
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The filled rows, one update per row in the order they were added."""
+        return self._matrix[: len(self.devices)]
+
+    def add(self, update: VerifiedUpdate) -> None:
+        """Copy the update into the next free row."""
+        row = len(self.devices)
+        if row == self._matrix.shape[0]:
+            raise UsageError(f"the stack is full: it was allocated for {row} updates")
+        self.schema.flatten(update.tensors, out=self._matrix[row])
+        self.devices.append(update.row.device)
+        self.sample_counts.append(update.sample_count)
+
+    def keep(self, indices: Sequence[int]) -> None:
+        """Keep only the rows at ``indices`` (ascending), moving them to the front."""
+        if list(indices) != sorted(set(indices)) or (
+            indices and not 0 <= indices[0] <= indices[-1] < len(self)
+        ):
+            raise UsageError(
+                f"indices must be ascending, unique and below {len(self)}, "
+                f"got {list(indices)}"
+            )
+        # Rows only move towards the front, so no row is overwritten before it moves.
+        for position, index in enumerate(indices):
+            if position != index:
+                self._matrix[position].copy_(self._matrix[index])
+        self.devices = [self.devices[i] for i in indices]
+        self.sample_counts = [self.sample_counts[i] for i in indices]
+
+
 def compute_outcome(
     *,
     schema: ModelSchema,
     base: Mapping[str, torch.Tensor],
-    updates: list[VerifiedUpdate],
+    updates: UpdateStack | Sequence[VerifiedUpdate],
     rejected: Mapping[str, tuple[Reason, str]],
     rule_id: int,
     quorum: int,
@@ -94,21 +154,24 @@ def compute_outcome(
     ``rejected`` maps each device rejected by provenance or content checks to its
     reason. ``reference_tensors`` is the root-set update (see :func:`root_reference`);
     without one, the coordinate-wise median of the updates is the reference. Returns
-    the new global model bytes, or None below ``quorum``.
+    the new global model bytes, or None below ``quorum``. An :class:`UpdateStack`
+    passed as ``updates`` is consumed: its flagged rows are dropped in place.
     """
     verdicts: dict[str, tuple[Reason, str]] = dict(rejected)
     scores: dict[str, dict[str, float]] = {}
     weights: dict[str, float] = {}
-    if not updates:
+    stack = (
+        updates if isinstance(updates, UpdateStack) else UpdateStack.of(schema, updates)
+    )
+    if not len(stack):
         return RoundOutcome([], verdicts, scores, weights, None, None)
-    devices = [u.row.device for u in updates]
-    matrix = torch.stack([schema.flatten(u.tensors) for u in updates]).to(torch.float64)
-    counts = torch.tensor([float(u.sample_count) for u in updates], dtype=torch.float64)
+    devices = list(stack.devices)
+    counts = torch.tensor(stack.sample_counts, dtype=torch.float64)
     if reference_tensors is not None:
         reference = schema.flatten(reference_tensors).to(torch.float64)
     else:
-        reference = torch.median(matrix, dim=0).values
-    anomaly_scores = score_updates(matrix, reference)
+        reference = _lower_median(stack.matrix)
+    anomaly_scores = score_updates(stack.matrix, reference)
     flags = flag_anomalies(
         anomaly_scores,
         min_cosine=anomaly.min_cosine,
@@ -127,8 +190,9 @@ def compute_outcome(
     accepted: list[str] = []
     new_model: bytes | None = None
     if kept:
+        stack.keep(kept)
         rule = _make_rule(rule_id, len(kept))
-        result = rule.aggregate(matrix[kept], counts[kept], reference)
+        result = rule.aggregate(stack.matrix, counts[kept], reference)
         excluded = {e.index: e for e in result.excluded}
         for position, index in enumerate(kept):
             device = devices[index]
@@ -202,6 +266,17 @@ def report_document(
             for device, (old, new, reason) in sorted(outcome.trust.items())
         },
     }
+
+
+def _lower_median(matrix: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise ``torch.median`` (the lower middle value), in float64."""
+    vector = torch.empty(matrix.shape[1], dtype=torch.float64)
+    for block in column_blocks(*matrix.shape):
+        # The median selects a value, so the input dtype loses nothing, and rows of
+        # the contiguous transpose are faster to select from than columns.
+        columns = matrix[:, block].t().contiguous()
+        vector[block] = torch.median(columns, dim=1).values
+    return vector
 
 
 def _make_rule(rule_id: int, n_updates: int) -> AggregationRule:

@@ -13,6 +13,7 @@ an archive node on a long-lived chain.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +21,9 @@ from web3 import Web3
 
 from ztfm_chain.aggregator.journal import CommitmentRow
 from ztfm_chain.aggregator.reasons import Reason
+from ztfm_chain.chain.batch import Pending, ReadBatch
 from ztfm_chain.chain.deploy import System
-from ztfm_chain.chain.models import ModelInfo, RoundState, round_info
+from ztfm_chain.chain.models import ModelInfo, RoundInfo, RoundState
 from ztfm_chain.exceptions import (
     ContentMismatch,
     ContentUnavailable,
@@ -32,7 +34,7 @@ from ztfm_chain.exceptions import (
 )
 from ztfm_chain.identity import eip712
 from ztfm_chain.identity.commitments import Commitment
-from ztfm_chain.identity.registrar import DeviceRecord, DeviceStatus, device_record
+from ztfm_chain.identity.registrar import DeviceRecord, DeviceStatus
 from ztfm_chain.storage.base import Store
 from ztfm_chain.updates import ModelSchema, decode_update
 
@@ -65,60 +67,148 @@ class VerifiedUpdate:
 def check_provenance(
     system: System, model: ModelInfo, row: CommitmentRow, *, duplicate: bool
 ) -> Verdict:
-    """Check a commitment against chain state at the block before its own.
+    """Check one commitment against chain state at the block before its own.
 
-    Order: model and round, signature, device enrolled and Active, credential,
-    role and segment, trust, base model hash, duplicate.
+    ``model`` is the model's record at that block. See :func:`check_provenance_many`.
     """
-    before = row.block - 1
-    device = Web3.to_checksum_address(row.device)
-    round_ = round_info(system, row.model_id, row.round, before)
-    if round_.state is not RoundState.OPEN:
-        return Verdict(
-            Reason.WRONG_ROUND,
-            f"round {row.round} was {round_.state.name.lower()} at block {before}",
+    return check_provenance_many(system, [row], [duplicate], [model])[0]
+
+
+def check_provenance_many(
+    system: System,
+    rows: Sequence[CommitmentRow],
+    duplicates: Sequence[bool],
+    models: Sequence[ModelInfo] | None = None,
+) -> list[Verdict]:
+    """Check commitments against chain state at the block before each one's own.
+
+    Order per commitment: model and round, signature, device enrolled and Active,
+    credential, role and segment, trust, base model hash, duplicate. The state is
+    read in two JSON-RPC batches for all rows together, never one request per read.
+    ``models`` gives each row's model record at ``block - 1``; when it is None, the
+    records are read in the same batch.
+    """
+    if len(duplicates) != len(rows) or (
+        models is not None and len(models) != len(rows)
+    ):
+        raise UsageError(
+            f"got {len(rows)} rows, {len(duplicates)} duplicate flags and "
+            f"{'no' if models is None else len(models)} models; expected one each"
         )
-    record = device_record(system, device, before)
-    signature_verdict = _check_signature(system, row, record.key)
-    if not signature_verdict.ok:
-        return signature_verdict
-    block = system.client.read(lambda: system.client.w3.eth.get_block(row.block))
-    standing = _check_standing(
-        system, model, device, record, before, int(block["timestamp"])
-    )
-    if not standing.ok:
-        return standing
-    if row.base_model_hash.lower() != "0x" + round_.base_model_hash.hex():
-        return Verdict(
-            Reason.STALE_BASE_MODEL,
-            f"update trained from {row.base_model_hash}, round base is "
-            f"0x{round_.base_model_hash.hex()}",
+    if not rows:
+        return []
+    batch = ReadBatch(system.client)
+    reads = [
+        _ProvenanceReads(
+            model=None
+            if models is not None
+            else batch.call(
+                system.models, "modelOf", [row.model_id], block=row.block - 1
+            ),
+            round=batch.call(
+                system.models, "roundOf", [row.model_id, row.round], block=row.block - 1
+            ),
+            device=_queue_device(
+                batch, system, Web3.to_checksum_address(row.device), row.block - 1
+            ),
+            header=batch.block(row.block),
         )
-    if duplicate:
-        return Verdict(
-            Reason.DUPLICATE, f"{device} already committed in round {row.round}"
+        for row in rows
+    ]
+    batch.execute()
+    # The segment to check is in the device record, so it takes a second batch.
+    segments = ReadBatch(system.client)
+    records = [read.device.record() for read in reads]
+    segment_reads = [
+        _queue_segment(segments, system, row.model_id, record, row.block - 1)
+        for row, record in zip(rows, records, strict=True)
+    ]
+    segments.execute()
+    verdicts = []
+    for index, row in enumerate(rows):
+        read = reads[index]
+        if models is not None:
+            model = models[index]
+        else:
+            assert read.model is not None
+            model = ModelInfo.from_struct(row.model_id, read.model.value)
+        standing = _standing_verdict(
+            model,
+            Web3.to_checksum_address(row.device),
+            records[index],
+            block=row.block - 1,
+            timestamp=int(read.header.value["timestamp"], 16),
+            segment_allowed=bool(segment_reads[index].value),
+            score=read.device.score(),
         )
-    return PASSED
+        verdicts.append(
+            _provenance_verdict(
+                system,
+                row,
+                RoundInfo.from_struct(read.round.value),
+                records[index],
+                standing,
+                duplicate=duplicates[index],
+            )
+        )
+    return verdicts
 
 
 def check_current_status(
     system: System, model: ModelInfo, row: CommitmentRow, block: int | None = None
 ) -> Verdict:
-    """Check the device's standing again at aggregation time.
+    """Check one device's standing again at aggregation time.
+
+    See :func:`check_current_status_many`.
+    """
+    return check_current_status_many(system, model, [row], block)[0]
+
+
+def check_current_status_many(
+    system: System,
+    model: ModelInfo,
+    rows: Sequence[CommitmentRow],
+    block: int | None = None,
+) -> list[Verdict]:
+    """Check the devices' standing again at ``block`` (default: the latest block).
 
     A device revoked, suspended, moved to another segment, stripped of a role, whose
     credential expired or whose trust fell below the minimum after it committed is
-    rejected too: verification is continuous, not a one-off at enrolment.
+    rejected too: verification is continuous, not a one-off at enrolment. The state
+    of every row is read in two JSON-RPC batches.
     """
+    if not rows:
+        return []
     client = system.client
-    latest = client.read(
+    header = client.read(
         lambda: client.w3.eth.get_block("latest" if block is None else block)
     )
-    device = Web3.to_checksum_address(row.device)
-    record = device_record(system, device, int(latest["number"]))
-    return _check_standing(
-        system, model, device, record, int(latest["number"]), int(latest["timestamp"])
-    )
+    number, timestamp = int(header["number"]), int(header["timestamp"])
+    batch = ReadBatch(client)
+    devices = [Web3.to_checksum_address(row.device) for row in rows]
+    reads = [_queue_device(batch, system, device, number) for device in devices]
+    batch.execute()
+    segments = ReadBatch(client)
+    records = [read.record() for read in reads]
+    segment_reads = [
+        _queue_segment(segments, system, model.model_id, record, number)
+        for record in records
+    ]
+    segments.execute()
+    return [
+        _standing_verdict(
+            model,
+            device,
+            record,
+            block=number,
+            timestamp=timestamp,
+            segment_allowed=bool(segment_read.value),
+            score=read.score(),
+        )
+        for device, record, read, segment_read in zip(
+            devices, records, reads, segment_reads, strict=True
+        )
+    ]
 
 
 def check_content(
@@ -214,15 +304,94 @@ def _check_signature(system: System, row: CommitmentRow, key: str) -> Verdict:
     return PASSED
 
 
-def _check_standing(
+@dataclass(frozen=True)
+class _ProvenanceReads:
+    """The queued reads of one commitment's chain state at ``block - 1``."""
+
+    model: Pending | None
+    round: Pending
+    device: _DeviceRead
+    header: Pending
+
+
+@dataclass(frozen=True)
+class _DeviceRead:
+    """The queued reads of one device's record, key and trust score."""
+
+    record_read: Pending
+    score_read: Pending
+
+    def record(self) -> DeviceRecord:
+        raw, key = self.record_read.value
+        return DeviceRecord.from_struct(raw, key)
+
+    def score(self) -> int:
+        return int(self.score_read.value)
+
+
+def _queue_device(
+    batch: ReadBatch, system: System, device: str, block: int
+) -> _DeviceRead:
+    return _DeviceRead(
+        batch.call(system.devices, "deviceWithKey", [device], block=block),
+        batch.call(system.trust, "scoreOf", [device], block=block),
+    )
+
+
+def _queue_segment(
+    batch: ReadBatch, system: System, model_id: int, record: DeviceRecord, block: int
+) -> Pending:
+    return batch.call(
+        system.models, "isSegmentAllowed", [model_id, record.segment], block=block
+    )
+
+
+def _provenance_verdict(
     system: System,
+    row: CommitmentRow,
+    round_: RoundInfo,
+    record: DeviceRecord,
+    standing: Verdict,
+    *,
+    duplicate: bool,
+) -> Verdict:
+    before = row.block - 1
+    if round_.state is not RoundState.OPEN:
+        return Verdict(
+            Reason.WRONG_ROUND,
+            f"round {row.round} was {round_.state.name.lower()} at block {before}",
+        )
+    signature_verdict = _check_signature(system, row, record.key)
+    if not signature_verdict.ok:
+        return signature_verdict
+    if not standing.ok:
+        return standing
+    if row.base_model_hash.lower() != "0x" + round_.base_model_hash.hex():
+        return Verdict(
+            Reason.STALE_BASE_MODEL,
+            f"update trained from {row.base_model_hash}, round base is "
+            f"0x{round_.base_model_hash.hex()}",
+        )
+    if duplicate:
+        return Verdict(
+            Reason.DUPLICATE,
+            f"{Web3.to_checksum_address(row.device)} already committed in round "
+            f"{row.round}",
+        )
+    return PASSED
+
+
+def _standing_verdict(
     model: ModelInfo,
     device: str,
     record: DeviceRecord,
+    *,
     block: int,
     timestamp: int,
+    segment_allowed: bool,
+    score: int,
 ) -> Verdict:
-    """Check status, credential, role, segment and trust at ``block``."""
+    """Check status, credential, role, segment and trust, in that order."""
     status = _check_status(record.status, device, block)
     if not status.ok:
         return status
@@ -237,15 +406,11 @@ def _check_standing(
             Reason.ROLE_MISSING,
             f"device roles {record.roles:#x}, model requires {model.required_roles:#x}",
         )
-    allowed = system.client.call(
-        system.models.functions.isSegmentAllowed(model.model_id, record.segment), block
-    )
-    if not allowed:
+    if not segment_allowed:
         return Verdict(
             Reason.SEGMENT_NOT_ALLOWED,
             f"segment {record.segment} does not take part in model {model.model_id}",
         )
-    score = int(system.client.call(system.trust.functions.scoreOf(device), block))
     if score < model.min_trust:
         return Verdict(
             Reason.TRUST_TOO_LOW, f"trust {score} below the minimum {model.min_trust}"

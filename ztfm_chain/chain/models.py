@@ -75,6 +75,11 @@ class ModelInfo:
     base_model_cid: str
     global_model_cid: str
 
+    @classmethod
+    def from_struct(cls, model_id: int, values: Any) -> ModelInfo:
+        """Build from the ABI-decoded ``modelOf`` struct."""
+        return cls(model_id, *values)
+
 
 @dataclass(frozen=True)
 class RoundInfo:
@@ -88,6 +93,13 @@ class RoundInfo:
     new_model_hash: bytes
     accepted_digest: bytes
     report_hash: bytes
+
+    @classmethod
+    def from_struct(cls, values: Any) -> RoundInfo:
+        """Build from the ABI-decoded ``roundOf`` struct."""
+        fields = list(values)
+        fields[2] = RoundState(fields[2])
+        return cls(*fields)
 
 
 def create_model(
@@ -171,15 +183,12 @@ def model_info(
 ) -> ModelInfo:
     """Read a model's record."""
     raw = system.client.call(system.models.functions.modelOf(model_id), block)
-    return ModelInfo(model_id, *raw)
+    return ModelInfo.from_struct(model_id, raw)
 
 
 def round_info(
     system: System, model_id: int, round: int, block: BlockIdentifier = "latest"
 ) -> RoundInfo:
     """Read a round's record."""
-    raw = list(
-        system.client.call(system.models.functions.roundOf(model_id, round), block)
-    )
-    raw[2] = RoundState(raw[2])
-    return RoundInfo(*raw)
+    raw = system.client.call(system.models.functions.roundOf(model_id, round), block)
+    return RoundInfo.from_struct(raw)

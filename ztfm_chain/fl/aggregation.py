@@ -5,7 +5,9 @@ Every rule takes ``updates``, a 2-D tensor with one flattened update per row (se
 each update, and an optional ``reference`` update, and returns an
 :class:`AggregationResult`. Only :class:`FedAvg` uses the weights, and only
 :class:`FLTrust` uses the reference; the others follow their papers and ignore them.
-The maths runs in float64; the aggregate has the dtype of ``updates``.
+The maths runs in float64; the aggregate has the dtype of ``updates``. The rules read
+``updates`` in blocks of columns (see :func:`column_blocks`), so a float32 matrix of
+many large updates is never copied whole or converted to float64 at once.
 
 Sources:
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +34,7 @@ import torch
 from ztfm_chain.exceptions import UsageError
 
 __all__ = [
+    "BLOCK_BYTES",
     "RULES",
     "AggregationResult",
     "AggregationRule",
@@ -40,11 +44,14 @@ __all__ = [
     "FedAvg",
     "MultiKrum",
     "TrimmedMean",
+    "column_blocks",
     "coordinate_median",
     "fltrust_combine",
     "fltrust_trust_scores",
     "krum_scores",
     "make_rule",
+    "non_finite_rows",
+    "row_norms_and_dots",
     "trimmed_mean",
     "weighted_mean",
 ]
@@ -101,7 +108,7 @@ class AggregationRule(ABC):
         """Aggregate the rows of ``updates``; raise UsageError on invalid input."""
         _check_inputs(updates, weights, reference)
         result = self._aggregate(
-            updates.to(torch.float64),
+            updates,
             weights.to(torch.float64),
             None if reference is None else reference.to(torch.float64),
         )
@@ -117,7 +124,8 @@ class AggregationRule(ABC):
         updates: torch.Tensor,
         weights: torch.Tensor,
         reference: torch.Tensor | None,
-    ) -> AggregationResult: ...
+    ) -> AggregationResult:
+        """Aggregate checked inputs: ``updates`` in any float dtype, the rest float64."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
@@ -258,7 +266,7 @@ class MultiKrum(AggregationRule):
                         f"rank {rank + 1} of {n_updates}; only {m} are kept",
                     )
                 )
-        vector = updates[chosen].mean(dim=0)
+        vector = weighted_mean(updates, shares)
         return AggregationResult(vector, shares, tuple(excluded))
 
 
@@ -295,9 +303,9 @@ class FLTrust(AggregationRule):
                 torch.zeros(dim, dtype=torch.float64), zeros, unscored
             )
 
-        scores = fltrust_trust_scores(updates, reference)
-        norms = torch.linalg.vector_norm(updates, dim=1)
-        cosines = _cosines(updates, reference)
+        norms, dots = row_norms_and_dots(updates, reference)
+        cosines = _cosines(norms, dots, reference_norm)
+        scores = torch.relu(cosines)
         excluded: list[Exclusion] = []
         for i in range(n_updates):
             if norms[i] == 0:
@@ -318,7 +326,7 @@ class FLTrust(AggregationRule):
             return AggregationResult(
                 torch.zeros(dim, dtype=torch.float64), zeros, tuple(excluded)
             )
-        vector = fltrust_combine(updates, reference, scores)
+        vector = _fltrust_combine(updates, reference_norm, norms, scores)
         return AggregationResult(vector, scores / total, tuple(excluded))
 
 
@@ -347,10 +355,23 @@ def make_rule(name: str, **params: Any) -> AggregationRule:
 
 # --- maths -------------------------------------------------------------------------
 
+#: Bytes of float64 working memory per block of columns (see :func:`column_blocks`).
+BLOCK_BYTES = 32 * 1024 * 1024
+
+
+def column_blocks(n_rows: int, n_columns: int) -> Iterator[slice]:
+    """Split ``n_columns`` into slices whose float64 block of ``n_rows`` rows fits
+    :data:`BLOCK_BYTES` (at least 1,024 columns per block).
+    """
+    width = max(1024, BLOCK_BYTES // (8 * max(1, n_rows)))
+    for start in range(0, n_columns, width):
+        yield slice(start, min(start + width, n_columns))
+
 
 def weighted_mean(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """FedAvg: g = sum_k n_k * u_k / sum_k n_k."""
-    return (weights.unsqueeze(1) * updates).sum(dim=0) / weights.sum()
+    """FedAvg: g = sum_k n_k * u_k / sum_k n_k, in float64."""
+    weights = weights.to(torch.float64)
+    return _weighted_sum(updates, weights) / weights.sum()
 
 
 def trimmed_mean(updates: torch.Tensor, trim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,10 +382,7 @@ def trimmed_mean(updates: torch.Tensor, trim: int) -> tuple[torch.Tensor, torch.
     n_updates = updates.shape[0]
     if trim < 0 or n_updates - 2 * trim < 1:
         raise UsageError(f"cannot trim {trim} from each end of {n_updates} updates")
-    ordered, order = _sort_columns(updates)
-    kept_rows = slice(trim, n_updates - trim)
-    vector = ordered[kept_rows].mean(dim=0)
-    return vector, _usage_fraction(order[kept_rows], n_updates)
+    return _order_statistic_mean(updates, slice(trim, n_updates - trim))
 
 
 def coordinate_median(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,10 +391,9 @@ def coordinate_median(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     g_j = median(u_1j, ..., u_nj); for even n, the mean of the two middle values.
     """
     n_updates = updates.shape[0]
-    ordered, order = _sort_columns(updates)
-    middle = slice((n_updates - 1) // 2, n_updates // 2 + 1)
-    vector = ordered[middle].mean(dim=0)
-    return vector, _usage_fraction(order[middle], n_updates)
+    return _order_statistic_mean(
+        updates, slice((n_updates - 1) // 2, n_updates // 2 + 1)
+    )
 
 
 def krum_scores(updates: torch.Tensor, n_byzantine: int) -> torch.Tensor:
@@ -390,9 +407,13 @@ def krum_scores(updates: torch.Tensor, n_byzantine: int) -> torch.Tensor:
         raise UsageError(
             f"Krum needs n - f - 2 >= 1, got n={n_updates}, f={n_byzantine}"
         )
-    distances = torch.cdist(
-        updates, updates, compute_mode="donot_use_mm_for_euclid_dist"
-    ).square()
+    # Squared distances add up over blocks of columns.
+    distances = torch.zeros(n_updates, n_updates, dtype=torch.float64)
+    for block in column_blocks(*updates.shape):
+        part = updates[:, block].to(torch.float64)
+        distances += torch.cdist(
+            part, part, compute_mode="donot_use_mm_for_euclid_dist"
+        ).square()
     distances.fill_diagonal_(math.inf)
     closest = torch.topk(distances, neighbours, dim=1, largest=False).values
     return closest.sum(dim=1)
@@ -402,7 +423,10 @@ def fltrust_trust_scores(
     updates: torch.Tensor, reference: torch.Tensor
 ) -> torch.Tensor:
     """FLTrust trust scores: TS_i = ReLU(cos(u_i, g_0)); 0 for a zero-norm update."""
-    return torch.relu(_cosines(updates, reference))
+    reference = reference.to(torch.float64)
+    norms, dots = row_norms_and_dots(updates, reference)
+    reference_norm = float(torch.linalg.vector_norm(reference))
+    return torch.relu(_cosines(norms, dots, reference_norm))
 
 
 def fltrust_combine(
@@ -412,35 +436,88 @@ def fltrust_combine(
 
     Updates with score 0 are skipped, so a zero-norm update never divides by zero.
     """
-    reference_norm = torch.linalg.vector_norm(reference)
-    norms = torch.linalg.vector_norm(updates, dim=1)
+    reference_norm = float(torch.linalg.vector_norm(reference.to(torch.float64)))
+    norms, _ = row_norms_and_dots(updates, None)
+    return _fltrust_combine(updates, reference_norm, norms, scores)
+
+
+def row_norms_and_dots(
+    updates: torch.Tensor, reference: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return each row's L2 norm and its dot product with ``reference``, in float64.
+
+    The dot products are zeros when ``reference`` is None.
+    """
+    squares = torch.zeros(updates.shape[0], dtype=torch.float64)
+    dots = torch.zeros(updates.shape[0], dtype=torch.float64)
+    for block in column_blocks(*updates.shape):
+        part = updates[:, block].to(torch.float64)
+        squares += part.square().sum(dim=1)
+        if reference is not None:
+            dots += part @ reference[block].to(torch.float64)
+    return squares.sqrt(), dots
+
+
+def non_finite_rows(updates: torch.Tensor) -> list[int]:
+    """Return the indices of the rows that contain NaN or an infinity."""
+    # A row sum in float64 is NaN or infinite whenever the row has such a value, so
+    # only the rows whose sum is not finite need the exact, slower test.
+    sums = torch.zeros(updates.shape[0], dtype=torch.float64)
+    for block in column_blocks(*updates.shape):
+        sums += torch.sum(updates[:, block], dim=1, dtype=torch.float64)
+    suspects = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
+    return [i for i in suspects if not bool(torch.isfinite(updates[i]).all())]
+
+
+def _fltrust_combine(
+    updates: torch.Tensor,
+    reference_norm: float,
+    norms: torch.Tensor,
+    scores: torch.Tensor,
+) -> torch.Tensor:
     active = scores > 0
     scale = torch.zeros_like(scores)
     scale[active] = scores[active] * reference_norm / norms[active]
-    return (scale.unsqueeze(1) * updates).sum(dim=0) / scores.sum()
+    return _weighted_sum(updates, scale) / scores.sum()
 
 
-def _sort_columns(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each coordinate across updates; ties keep update order."""
-    # Sorting rows of the contiguous transpose is faster than sorting along dim 0.
-    values, indices = torch.sort(updates.t().contiguous(), dim=1, stable=True)
-    return values.t(), indices.t()
+def _weighted_sum(updates: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """Return sum_k c_k * u_k in float64, one block of columns at a time."""
+    vector = torch.empty(updates.shape[1], dtype=torch.float64)
+    column = coefficients.to(torch.float64).unsqueeze(1)
+    for block in column_blocks(*updates.shape):
+        vector[block] = (column * updates[:, block].to(torch.float64)).sum(dim=0)
+    return vector
 
 
-def _cosines(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    norms = torch.linalg.vector_norm(updates, dim=1)
-    reference_norm = torch.linalg.vector_norm(reference)
+def _order_statistic_mean(
+    updates: torch.Tensor, kept_ranks: slice
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the sorted values at ``kept_ranks`` in each column, and usage shares.
+
+    Ties keep update order. The usage share of an update is the fraction of the
+    columns in which its value was averaged.
+    """
+    n_updates, n_columns = updates.shape
+    vector = torch.empty(n_columns, dtype=torch.float64)
+    used = torch.zeros(n_updates, dtype=torch.int64)
+    for block in column_blocks(n_updates, n_columns):
+        # Sorting rows of the contiguous transpose is faster than sorting along dim 0.
+        part = updates[:, block].to(torch.float64).t().contiguous()
+        values, order = torch.sort(part, dim=1, stable=True)
+        vector[block] = values[:, kept_ranks].mean(dim=1)
+        used += torch.bincount(order[:, kept_ranks].reshape(-1), minlength=n_updates)
+    return vector, used.to(torch.float64) / n_columns
+
+
+def _cosines(
+    norms: torch.Tensor, dots: torch.Tensor, reference_norm: float
+) -> torch.Tensor:
     denominator = norms * reference_norm
-    dots = updates @ reference
     cosines = torch.zeros_like(dots)
     nonzero = denominator > 0
     cosines[nonzero] = (dots[nonzero] / denominator[nonzero]).clamp(-1.0, 1.0)
     return cosines
-
-
-def _usage_fraction(used_rows: torch.Tensor, n_updates: int) -> torch.Tensor:
-    counts = torch.bincount(used_rows.reshape(-1), minlength=n_updates)
-    return counts.to(torch.float64) / used_rows.shape[1]
 
 
 def _check_inputs(
@@ -453,8 +530,8 @@ def _check_inputs(
         )
     if not updates.dtype.is_floating_point:
         raise UsageError(f"updates must be floating point, got {updates.dtype}")
-    if not bool(torch.isfinite(updates).all()):
-        rows = torch.nonzero(~torch.isfinite(updates).all(dim=1)).flatten().tolist()
+    rows = non_finite_rows(updates)
+    if rows:
         raise UsageError(f"updates contain NaN or infinity in rows {rows}")
     n_updates = updates.shape[0]
     if weights.shape != (n_updates,):

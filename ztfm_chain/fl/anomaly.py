@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ztfm_chain.exceptions import UsageError
+from ztfm_chain.fl.aggregation import column_blocks, non_finite_rows
 
 __all__ = [
     "DEFAULT_MAX_NORM_RATIO",
@@ -73,22 +74,30 @@ def score_updates(updates: torch.Tensor, reference: torch.Tensor) -> AnomalyScor
             f"updates must be [n, d] and reference [d], got {list(updates.shape)} "
             f"and {list(reference.shape)}"
         )
-    if not bool(torch.isfinite(updates).all()) or not bool(
-        torch.isfinite(reference).all()
-    ):
-        raise UsageError("updates and reference must be finite")
-    rows = updates.to(torch.float64)
     ref = reference.to(torch.float64)
+    if not bool(torch.isfinite(ref).all()):
+        raise UsageError("updates and reference must be finite")
     reference_norm = float(torch.linalg.vector_norm(ref))
     if reference_norm == 0:
         raise UsageError("the reference update has norm 0, so it cannot score updates")
-    norms = torch.linalg.vector_norm(rows, dim=1)
-    dots = rows @ ref
+    # Read the rows one block of columns at a time, so that a float32 matrix of
+    # large updates is never converted to float64 whole.
+    squares = torch.zeros(updates.shape[0], dtype=torch.float64)
+    distances = torch.zeros(updates.shape[0], dtype=torch.float64)
+    dots = torch.zeros(updates.shape[0], dtype=torch.float64)
+    for block in column_blocks(*updates.shape):
+        part = updates[:, block].to(torch.float64)
+        squares += part.square().sum(dim=1)
+        dots += part @ ref[block]
+        distances += (part - ref[block]).square().sum(dim=1)
+    if not bool(torch.isfinite(squares).all()) and non_finite_rows(updates):
+        raise UsageError("updates and reference must be finite")
+    norms = squares.sqrt()
     cosine = torch.where(
         norms > 0, dots / (norms * reference_norm).clamp(min=1e-300), 0.0
     ).clamp(-1.0, 1.0)
     return AnomalyScores(
-        l2_distance=torch.linalg.vector_norm(rows - ref, dim=1),
+        l2_distance=distances.sqrt(),
         cosine=cosine,
         norm_ratio=norms / reference_norm,
         reference_norm=reference_norm,

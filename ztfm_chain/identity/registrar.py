@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3.types import BlockIdentifier, TxReceipt
@@ -37,6 +38,19 @@ class DeviceRecord:
     attested_at: int
     nonce: int
     key: str
+
+    @classmethod
+    def from_struct(cls, values: Any, key: str) -> DeviceRecord:
+        """Build from the ABI-decoded ``Device`` struct and the device's key."""
+        return cls(
+            status=DeviceStatus(values[0]),
+            roles=int(values[1]),
+            segment=int(values[2]),
+            credential_expires_at=int(values[3]),
+            attested_at=int(values[4]),
+            nonce=int(values[5]),
+            key=str(key),
+        )
 
 
 def sign_enrolment(
@@ -227,15 +241,7 @@ def device_record(
 ) -> DeviceRecord:
     """Read a device's record and current key."""
     raw, key = system.client.call(system.devices.functions.deviceWithKey(device), block)
-    return DeviceRecord(
-        status=DeviceStatus(raw[0]),
-        roles=int(raw[1]),
-        segment=int(raw[2]),
-        credential_expires_at=int(raw[3]),
-        attested_at=int(raw[4]),
-        nonce=int(raw[5]),
-        key=str(key),
-    )
+    return DeviceRecord.from_struct(raw, key)
 
 
 def _now(system: System) -> int:

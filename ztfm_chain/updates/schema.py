@@ -205,19 +205,32 @@ class ModelSchema(Mapping[str, TensorSpec]):
                 )
         return None
 
-    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def flatten(
+        self, tensors: Mapping[str, torch.Tensor], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Concatenate the tensors in schema order into one float32 vector.
 
+        With ``out``, a float32 vector of :attr:`numel` elements such as a row of a
+        preallocated matrix, the values are written there and ``out`` is returned.
         Raises UsageError unless the tensors match the schema and every dtype in the
         schema is a floating-point dtype.
         """
         self._require_floating()
         self.check_tensors(tensors)
+        if out is not None and (
+            out.dtype != torch.float32 or tuple(out.shape) != (self.numel,)
+        ):
+            raise UsageError(
+                f"out must be a float32 vector of {self.numel} elements, got "
+                f"{out.dtype} of shape {list(out.shape)}"
+            )
         parts = [
             tensors[name].detach().to("cpu", torch.float32).reshape(-1)
             for name in self._specs
         ]
-        return torch.cat(parts)
+        if out is None:
+            return torch.cat(parts)
+        return torch.cat(parts, out=out)
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a vector made by :meth:`flatten` back into tensors of schema dtype."""

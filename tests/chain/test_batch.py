@@ -36,9 +36,7 @@ def test_batch_matches_web3_calls(
     for device, read in zip(devices, records, strict=True):
         assert read.value == system.client.call(functions.deviceWithKey(device), block)
     assert many.value == system.client.call(functions.devicesOf(devices), block)
-    assert scores.value == system.client.call(
-        system.trust.functions.scoresOf(devices)
-    )
+    assert scores.value == system.client.call(system.trust.functions.scoresOf(devices))
     assert model.value == system.client.call(
         system.models.functions.modelOf(model_id), block
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -48,7 +49,7 @@ def test_column_blocks_cover_every_column_once() -> None:
     blocks = list(column_blocks(300, 1_000_000))
     assert blocks[0].start == 0
     assert blocks[-1].stop == 1_000_000
-    for previous, current in zip(blocks, blocks[1:], strict=False):
+    for previous, current in itertools.pairwise(blocks):
         assert previous.stop == current.start
     assert len(blocks) == math.ceil(1_000_000 / (aggregation.BLOCK_BYTES // (8 * 300)))
 

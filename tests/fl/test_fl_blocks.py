@@ -127,7 +127,7 @@ def test_score_blocks_match_whole_matrix(
     )
 
 
-def test_non_finite_value_in_a_late_block_is_rejected(
+def test_non_finite_in_late_block(
     small_blocks: None, updates: torch.Tensor, reference: torch.Tensor
 ) -> None:
     updates[4, DIMENSION - 1] = float("nan")

@@ -61,13 +61,15 @@ class FakeNode:
 
     ``cat_body`` is sent for every ``/api/v0/cat``, ``add_hash`` is returned as
     the CID of every ``/api/v0/add``, and each request waits ``delay`` seconds
-    before it responds. ``requests`` records each path with its query.
+    before it responds. With ``trickle`` set, ``cat_body`` is sent one byte per
+    ``trickle`` seconds. ``requests`` records each path with its query.
     """
 
     api: str = ""
     cat_body: bytes = b""
     add_hash: str = ""
     delay: float = 0.0
+    trickle: float = 0.0
     requests: list[tuple[str, dict[str, list[str]]]] = field(default_factory=list)
 
 
@@ -96,13 +98,26 @@ class _FakeNodeHandler(BaseHTTPRequestHandler):
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(body)
 
+    def _trickle(self, body: bytes, interval: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for index in range(len(body)):
+                self.wfile.write(body[index : index + 1])
+                self.wfile.flush()
+                time.sleep(interval)
+
     def do_POST(self) -> None:
         node = self.server.node
         url = urllib.parse.urlsplit(self.path)
         node.requests.append((url.path, urllib.parse.parse_qs(url.query)))
         self._read_body()
         time.sleep(node.delay)
-        if url.path == "/api/v0/cat":
+        if url.path == "/api/v0/cat" and node.trickle:
+            self._trickle(node.cat_body, node.trickle)
+        elif url.path == "/api/v0/cat":
             self._answer(200, "application/octet-stream", node.cat_body)
         elif url.path == "/api/v0/add":
             answer = {"Name": "bytes", "Hash": node.add_hash, "Size": "1"}

@@ -239,6 +239,20 @@ def test_kubo_slow_node_times_out_without_retry(fake_node: FakeNode) -> None:
     assert len(fake_node.requests) == 1
 
 
+def test_kubo_trickling_node_is_cut_off(fake_node: FakeNode) -> None:
+    fake_node.trickle = 0.05
+    fake_node.cat_body = make_bytes(200)
+    with (
+        KuboStore(fake_node.api, timeout=1.0, transfer_timeout=0.5) as store,
+        pytest.raises(ContentUnavailable, match=r"took longer than 0\.5 s") as info,
+    ):
+        store.get(HELLO_CID_V1)
+    # Each byte arrives within the read timeout, so only the whole-transfer limit
+    # stops the read, long before the node has sent its 200 bytes.
+    received = int(str(info.value).rsplit("after ", 1)[1].split()[0])
+    assert received < 100
+
+
 # --- a node that does not respond ---------------------------------------------------
 
 
@@ -329,8 +343,14 @@ def test_kubo_default_address_is_loopback() -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [{"timeout": 0}, {"has_timeout": -1}, {"retries": -1}, {"backoff": -0.5}],
-    ids=["timeout", "has-timeout", "retries", "backoff"],
+    [
+        {"timeout": 0},
+        {"has_timeout": -1},
+        {"transfer_timeout": 0},
+        {"retries": -1},
+        {"backoff": -0.5},
+    ],
+    ids=["timeout", "has-timeout", "transfer-timeout", "retries", "backoff"],
 )
 def test_kubo_rejects_bad_settings(settings: dict[str, float]) -> None:
     with pytest.raises(ConfigError):

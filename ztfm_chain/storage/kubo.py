@@ -122,7 +122,9 @@ class KuboStore(Store):
     """A store that keeps objects on an IPFS node, reached over its RPC API.
 
     ``timeout`` is the time in seconds to wait for the node between two reads of a
-    response (with ``requests``, not a limit on the whole transfer). Requests
+    response. ``transfer_timeout`` limits a whole ``get``: a node that keeps
+    sending a few bytes at a time is cut off once a read ends past it, so a
+    ``get`` lasts at most ``transfer_timeout + timeout`` seconds. Requests
     that fail to connect, or lose the connection, are sent again up to ``retries``
     times, waiting ``backoff``, then twice that, and so on. Re-sending a ``put``
     is safe because the CID depends only on the bytes: a second add of the same
@@ -142,11 +144,13 @@ class KuboStore(Store):
         retries: int = 3,
         backoff: float = 0.25,
         has_timeout: float = 2.0,
+        transfer_timeout: float = 300.0,
     ) -> None:
         super().__init__(cid_version, max_object_size)
-        if timeout <= 0 or has_timeout <= 0:
+        if timeout <= 0 or has_timeout <= 0 or transfer_timeout <= 0:
             raise ConfigError(
-                f"invalid Kubo timeouts {timeout!r}, {has_timeout!r}: must be positive"
+                f"invalid Kubo timeouts {timeout!r}, {has_timeout!r}, "
+                f"{transfer_timeout!r}: must be positive"
             )
         if retries < 0 or backoff < 0:
             raise ConfigError(
@@ -158,6 +162,7 @@ class KuboStore(Store):
         self.retries = retries
         self.backoff = backoff
         self.has_timeout = has_timeout
+        self.transfer_timeout = transfer_timeout
         # Client() rather than ipfshttpclient.connect(), because connect() in
         # ipfshttpclient 0.7.0 rejects every daemon of version 0.8.0 or newer.
         try:
@@ -332,9 +337,15 @@ class KuboStore(Store):
         # The node sends at most max_object_size + 1 bytes, enough to detect an
         # object that is too large. A node that ignores the limit is cut off at
         # the same point.
+        deadline = time.monotonic() + self.transfer_timeout
         stream = self._client.cat(cid, length=self.max_object_size + 1, stream=True)
         try:
             for chunk in stream:
+                if time.monotonic() > deadline:
+                    raise ContentUnavailable(
+                        f"cat of CID {cid} took longer than {self.transfer_timeout} s "
+                        f"on Kubo API {self.api_addr}, after {verifier.size} bytes"
+                    )
                 verifier.update(chunk)
                 self.check_size(
                     verifier.size, f"object {cid} served by Kubo API {self.api_addr}"

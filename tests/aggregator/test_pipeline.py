@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from tests.aggregator.conftest import Federation
 from tests.chain.conftest import advance_time
 from tests.conftest import Roles
+from ztfm_chain.aggregator import daemon
 from ztfm_chain.aggregator.reasons import Reason
 from ztfm_chain.chain.models import RoundState, model_info, round_info
 from ztfm_chain.fl.training import evaluate
@@ -107,3 +110,28 @@ def test_restart_does_not_count_twice(federation: Federation) -> None:
     assert {r.status for r in rows} == {"accepted"}
     assert all(r.reason == Reason.ACCEPTED.name for r in rows)
     assert Roles.aggregator.address
+
+
+def test_round_closes_when_all_eligible_committed(
+    federation: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slices of two devices make the six-device federation read devicesOf in three
+    # calls, as thousands of devices would.
+    monkeypatch.setattr(daemon, "DEVICE_SLICE", 2)
+    system = federation.system
+    system.client.transact(
+        system.devices.functions.suspend(federation.devices[5].device), Roles.registrar
+    )
+    round = federation.open_round()
+    aggregator = federation.aggregator(close_when_all_committed=True)
+    for device in federation.devices[:4]:
+        device.run_round(federation.model_id)
+    aggregator.step()
+    assert round_info(system, federation.model_id, round).state is RoundState.OPEN
+    # The suspended device cannot commit, so the fifth commitment completes the set.
+    federation.devices[4].run_round(federation.model_id)
+    for _ in range(5):
+        aggregator.step()
+    info = round_info(system, federation.model_id, round)
+    assert info.state is RoundState.FINALIZED
+    assert info.accepted_count == 5

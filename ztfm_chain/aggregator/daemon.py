@@ -173,6 +173,11 @@ class Metrics:
             self._server.server_close()
 
 
+#: Devices per devicesOf and scoresOf call. A devicesOf call over 500 devices costs
+#: about 4M gas, well below the 30M gas that Anvil allows an eth_call by default.
+DEVICE_SLICE = 500
+
+
 class Aggregator:
     """One aggregator account serving one or more models."""
 
@@ -392,20 +397,36 @@ class Aggregator:
             self._enrolled_cursor = head
         if not self._enrolled:
             return set()
-        records, _ = client.call(
-            self.system.devices.functions.devicesOf(self._enrolled)
-        )
-        scores = client.call(self.system.trust.functions.scoresOf(self._enrolled))
         latest = client.read(lambda: client.w3.eth.get_block("latest"))
+        block = int(latest["number"])
         now = max(int(latest["timestamp"]), int(time.time()))
+        # One devicesOf call over thousands of devices exceeds the node's gas cap
+        # for eth_call, so the devices go in slices, all in one batch request.
         batch = ReadBatch(client)
+        slices = [
+            (
+                batch.call(self.system.devices, "devicesOf", [part], block=block),
+                batch.call(self.system.trust, "scoresOf", [part], block=block),
+            )
+            for part in (
+                self._enrolled[start : start + DEVICE_SLICE]
+                for start in range(0, len(self._enrolled), DEVICE_SLICE)
+            )
+        ]
+        batch.execute()
+        records = [r for devices, _ in slices for r in devices.value[0]]
+        scores = [int(s) for _, part_scores in slices for s in part_scores.value]
+        segments = ReadBatch(client)
         allowed = {
-            segment: batch.call(
-                self.system.models, "isSegmentAllowed", [model.model_id, segment]
+            segment: segments.call(
+                self.system.models,
+                "isSegmentAllowed",
+                [model.model_id, segment],
+                block=block,
             )
             for segment in {int(record[2]) for record in records}
         }
-        batch.execute()
+        segments.execute()
         eligible = set()
         for device, record, score in zip(self._enrolled, records, scores, strict=True):
             status, roles, segment, expires_at = (

@@ -63,7 +63,7 @@ from ztfm_chain.chain.models import (
 from ztfm_chain.cli.common import dev_account
 from ztfm_chain.fl.aggregation import FedAvg
 from ztfm_chain.fl.models import init_mlp_state, mlp_for_parameter_count
-from ztfm_chain.identity import eip712, registrar
+from ztfm_chain.identity import registrar
 from ztfm_chain.identity.commitments import Commitment, sign_commitment, submit
 from ztfm_chain.storage.embedded import EmbeddedStore
 from ztfm_chain.updates import ModelSchema, UpdateMeta, encode_model, encode_update
@@ -154,7 +154,7 @@ def install_timer() -> PhaseTimer:
     timer = PhaseTimer()
     timer.patch(Aggregator, "sync_events", "events")
     timer.patch(daemon, "check_provenance_many", "provenance")
-    timer.patch(eip712, "recover", "signatures")
+    timer.patch(verify, "_check_signature", "signatures")
     timer.patch(daemon, "check_current_status_many", "status re-check")
     timer.patch(Aggregator, "_round_base", "base model", absorb=True)
     # The store's get recomputes the CID, a SHA-256 over the bytes, before it returns.

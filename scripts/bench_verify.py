@@ -5,13 +5,13 @@ Usage: .venv/bin/python scripts/bench_verify.py [--quick] [--out FILE]
 Three parts, each printed as a Markdown section:
 
 1. Offline checks per second on one thread: the signature check of
-   ``ztfm_chain.aggregator.verify`` (EIP-712 message from the journal row, then
-   ``eip712.recover``) plus the content SHA-256 of the update bytes. The same pass
-   over the same commitments also runs a bare ``coincurve`` public-key recovery
-   loop, a bare ``hashlib.sha256`` loop and a prototype fast path (EIP-712 digest
-   from a cached domain separator, then ``coincurve`` directly). The loops take
+   ``ztfm_chain.aggregator.verify`` (``eip712.commitment_digest`` from the journal
+   row, then ``eip712.recover_address``) plus the content SHA-256 of the update
+   bytes. The same pass over the same commitments also runs a bare ``coincurve``
+   public-key recovery loop and a bare ``hashlib.sha256`` loop. The loops take
    turns on chunks of 50 commitments, so load from other processes hits all of
-   them alike, and every ratio is taken within one pass.
+   them alike, and every ratio is taken within one pass. A cProfile run then
+   splits the time of the signature check into its steps.
 2. The on-chain part of ``check_provenance``: real commitments on a local Anvil,
    checked one by one, with the single device-record read timed on its own.
 3. Start-up sync of a device-status cache for 1,000 and 10,000 enrolled devices
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         progress("offline checks")
         sections.append(measure_offline(system, mode))
-        progress("profile of eip712.recover")
+        progress("profile of verify._check_signature")
         sections.append(render_profile(system, mode.profile_calls))
         progress("on-chain checks")
         sections.append(measure_onchain(system, roles, mode))
@@ -189,62 +189,6 @@ class SignedCase:
     keys: list[str]
     digests: list[bytes]
     recoverable: list[bytes]
-
-
-class CommitmentDigester:
-    """EIP-712 digests of commitments with the domain separator computed once.
-
-    A prototype of a faster path for ``verify._check_signature``: it encodes the
-    struct by hand instead of through ``eth_account.messages.encode_typed_data``.
-    NOTE: the row's integers are not range-checked, which is safe only for rows
-    decoded from ``UpdateCommitted`` events, whose ABI types bound them.
-    """
-
-    def __init__(self, chain_id: int, model_registry: str) -> None:
-        domain_type = (
-            b"EIP712Domain(string name,string version,uint256 chainId,"
-            b"address verifyingContract)"
-        )
-        name, version = eip712.MODEL_REGISTRY_DOMAIN
-        separator = keccak(
-            keccak(domain_type)
-            + keccak(name.encode())
-            + keccak(version.encode())
-            + chain_id.to_bytes(32, "big")
-            + bytes(12)
-            + bytes.fromhex(model_registry[2:])
-        )
-        self._prefix = b"\x19\x01" + separator
-        fields = ",".join(f"{f['type']} {f['name']}" for f in eip712.COMMITMENT_TYPE)
-        self._type_hash = keccak(f"UpdateCommitment({fields})".encode())
-
-    def digest(self, row: CommitmentRow) -> bytes:
-        """Return the 32-byte digest the device signed for ``row``."""
-        body = b"".join(
-            (
-                self._type_hash,
-                row.model_id.to_bytes(32, "big"),
-                row.round.to_bytes(32, "big"),
-                bytes(12) + bytes.fromhex(row.device[2:]),
-                bytes.fromhex(row.content_hash[2:]),
-                keccak(row.cid.encode()),
-                row.sample_count.to_bytes(32, "big"),
-                bytes.fromhex(row.base_model_hash[2:]),
-                row.nonce.to_bytes(32, "big"),
-            )
-        )
-        return keccak(self._prefix + keccak(body))
-
-
-def recover_address(digest: bytes, signature: bytes) -> bytes:
-    """Recover the 20-byte signer address with coincurve, after the same form checks."""
-    eip712.check_signature_form(signature)
-    v = signature[64]
-    recovery_id = v - 27 if v >= 27 else v
-    public_key = coincurve.PublicKey.from_signature_and_message(
-        signature[:64] + bytes([recovery_id]), digest, hasher=None
-    )
-    return keccak(public_key.format(compressed=False)[1:])[12:]
 
 
 def build_case(
@@ -310,17 +254,13 @@ def _row(commitment: Commitment, index: int, signature: bytes) -> CommitmentRow:
 def make_loops(
     system: System, case: SignedCase
 ) -> dict[str, Callable[[int, int], None]]:
-    """Return the four loops over rows ``start..stop`` of a case.
+    """Return the three loops over rows ``start..stop`` of a case.
 
     Each loop raises AssertionError if a check fails.
     """
     count = len(case.rows)
     blobs = [case.blobs[i % BLOBS] for i in range(count)]
     keys = [case.keys[i % len(case.keys)] for i in range(count)]
-    key_bytes = [bytes.fromhex(k[2:]) for k in keys]
-    digester = CommitmentDigester(
-        system.client.chain_id, system.deployment.model_registry
-    )
 
     def bare_recovery(start: int, stop: int) -> None:
         for index in range(start, stop):
@@ -343,34 +283,11 @@ def make_loops(
             if actual != row.content_hash.lower():
                 raise AssertionError(f"content hash mismatch for {row.tx_hash}")
 
-    def fast_check(start: int, stop: int) -> None:
-        for index in range(start, stop):
-            row = case.rows[index]
-            signer = recover_address(
-                digester.digest(row), bytes.fromhex(row.signature[2:])
-            )
-            if signer != key_bytes[index]:
-                raise AssertionError(f"fast path recovered 0x{signer.hex()}")
-            actual = hashlib.sha256(blobs[index]).digest()
-            if actual != bytes.fromhex(row.content_hash[2:]):
-                raise AssertionError(f"content hash mismatch for {row.tx_hash}")
-
     return {
         "bare recovery": bare_recovery,
         "bare sha256": bare_sha256,
         "product check": product_check,
-        "fast path": fast_check,
     }
-
-
-def check_fast_path(system: System, case: SignedCase) -> None:
-    """Raise unless the prototype's digests match eip712.digest for every row."""
-    digester = CommitmentDigester(
-        system.client.chain_id, system.deployment.model_registry
-    )
-    for row, expected in zip(case.rows, case.digests, strict=True):
-        if digester.digest(row) != expected:
-            raise AssertionError(f"fast-path digest differs for {row.tx_hash}")
 
 
 def measure_offline(system: System, mode: Mode) -> str:
@@ -378,8 +295,6 @@ def measure_offline(system: System, mode: Mode) -> str:
     cases = [
         build_case(system, p, keys, mode.offline_commitments) for p in PARAMETER_COUNTS
     ]
-    for case in cases:
-        check_fast_path(system, case)
     loops = {case.parameters: make_loops(system, case) for case in cases}
     names = list(next(iter(loops.values())))
     # Seconds per item by (parameters, loop name), one entry per pass. Within a pass
@@ -404,14 +319,13 @@ def measure_offline(system: System, mode: Mode) -> str:
         "## Offline checks per second, one thread",
         "",
         f"{mode.offline_commitments:,} signed commitments per update size, "
-        f"{BLOBS} distinct update blobs per size. In each pass the four loops take "
+        f"{BLOBS} distinct update blobs per size. In each pass the three loops take "
         f"turns on chunks of {CHUNK} commitments. Rates are medians of "
         f"{mode.offline_repeats} passes, ratios are medians of the per-pass ratios.",
         "",
         "| update | bytes | bare recovery /s | bare sha256 /s | both bare loops /s "
-        "| product check /s | check / bare recovery | fast path /s "
-        "| fast path / bare recovery |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| product check /s | check / bare recovery |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     verdicts = []
     for case in cases:
@@ -432,11 +346,10 @@ def measure_offline(system: System, mode: Mode) -> str:
         lines.append(
             f"| {case.parameters:,} parameters | {len(case.blobs[0]):,} "
             f"| {rate('bare recovery'):,.0f} | {rate('bare sha256'):,.0f} "
-            f"| {both:,.0f} | {rate('product check'):,.0f} | {check_ratio:.2f} "
-            f"| {rate('fast path'):,.0f} | {ratio('fast path'):.2f} |"
+            f"| {both:,.0f} | {rate('product check'):,.0f} | {check_ratio:.2f} |"
         )
-        verdicts.append((case.parameters, check_ratio, ratio("fast path")))
-    small, check_ratio, fast_ratio = verdicts[0]
+        verdicts.append((case.parameters, check_ratio))
+    small, check_ratio = verdicts[0]
     lines += [
         "",
         "Both bare loops /s is the rate of a bare recovery plus a bare SHA-256 of "
@@ -444,16 +357,14 @@ def measure_offline(system: System, mode: Mode) -> str:
         "",
         f"Target: the product check at {TARGET_RATIO:.0%} or more of the bare "
         f"recovery rate for {small:,}-parameter updates. Product check: "
-        f"{check_ratio:.2f} ({'met' if check_ratio >= TARGET_RATIO else 'missed'}). "
-        f"Fast path prototype: {fast_ratio:.2f} "
-        f"({'met' if fast_ratio >= TARGET_RATIO else 'missed'}).",
+        f"{check_ratio:.2f} ({'met' if check_ratio >= TARGET_RATIO else 'missed'}).",
         "",
     ]
     return "\n".join(lines)
 
 
 def render_profile(system: System, calls: int) -> str:
-    """Profile eip712.recover and attribute its time to the steps inside it."""
+    """Profile verify._check_signature and attribute its time to its steps."""
     key = _device_key("profile")
     commitment = Commitment(1, 1, key.address, BASE_HASH, CID, 100, BASE_HASH)
     message = commitment.message(
@@ -461,47 +372,48 @@ def render_profile(system: System, calls: int) -> str:
         model_registry=system.deployment.model_registry,
         nonce=0,
     )
-    signature = eip712.sign(message, key)
+    row = _row(commitment, 0, eip712.sign(message, key))
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
-        eip712.recover(message, signature)
+        verify._check_signature(system, row, key.address)
     profiler.disable()
     stats = pstats.Stats(profiler)
     # (file suffix, function name) -> cumulative seconds
     cumulative: dict[tuple[str, str], float] = {}
-    for (path, _, function), row in stats.stats.items():  # type: ignore[attr-defined]
+    for (path, _, function), stat in stats.stats.items():  # type: ignore[attr-defined]
         label = (os.path.basename(path), function)
-        cumulative[label] = cumulative.get(label, 0.0) + row[3]
-    total = cumulative[("eip712.py", "recover")]
+        cumulative[label] = cumulative.get(label, 0.0) + stat[3]
+    total = cumulative[("verify.py", "_check_signature")]
     steps = [
-        ("`eip712.digest`: EIP-712 encoding and hashing", ("eip712.py", "digest")),
         (
-            "of which `encode_typed_data` (type parsing, ABI encoding)",
-            ("messages.py", "encode_typed_data"),
+            "`eip712.commitment_digest`: struct packed by hand, 3 Keccak-256 hashes",
+            ("eip712.py", "commitment_digest"),
         ),
         (
-            "of which `hash_domain` (domain separator, every call)",
-            ("encoding_and_hashing.py", "hash_domain"),
-        ),
-        ("`Account._recover_hash`", ("account.py", "_recover_hash")),
-        (
-            "of which the coincurve recovery (`ecdsa_recover`)",
-            ("coincurve.py", "ecdsa_recover"),
+            "`eip712.recover_address`: form checks, recovery, address hash",
+            ("eip712.py", "recover_address"),
         ),
         (
-            "of which `to_checksum_address` on the result",
-            ("datatypes.py", "to_checksum_address"),
+            "of which `native.recover_public_key` (libsecp256k1 recovery)",
+            ("native.py", "recover_public_key"),
         ),
-        ("every `keccak` call (eth_utils)", ("crypto.py", "keccak")),
+        (
+            "every `native.keccak256` call (4 per check)",
+            ("native.py", "keccak256"),
+        ),
+        (
+            "`bytes.fromhex` of the row's hex fields and the key",
+            ("~", "<built-in method fromhex>"),
+        ),
     ]
     lines = [
-        "## Where `eip712.recover` spends its time",
+        "## Where `verify._check_signature` spends its time",
         "",
-        f"cProfile over {calls:,} calls on one commitment. The profiler slows every "
-        "call, so read the shares, not the absolute times.",
+        f"cProfile over {calls:,} calls on one relayed commitment. The profiler slows "
+        "every call, so read the shares, not the absolute times.",
         "",
-        "| step | share of `recover` |",
+        "| step | share of `_check_signature` |",
         "| --- | ---: |",
     ]
     for label, name in steps:

@@ -33,7 +33,6 @@ from ztfm_chain.exceptions import (
     UsageError,
 )
 from ztfm_chain.identity import eip712
-from ztfm_chain.identity.commitments import Commitment
 from ztfm_chain.identity.registrar import DeviceRecord, DeviceStatus
 from ztfm_chain.storage.base import Store
 from ztfm_chain.updates import ModelSchema, decode_update
@@ -279,27 +278,33 @@ def _check_signature(system: System, row: CommitmentRow, key: str) -> Verdict:
                 f"sent by {row.signer}, but the device's key was {key}",
             )
         return PASSED
-    commitment = Commitment(
-        model_id=row.model_id,
-        round=row.round,
-        device=Web3.to_checksum_address(row.device),
-        content_hash=bytes.fromhex(row.content_hash[2:]),
-        cid=row.cid,
-        sample_count=row.sample_count,
-        base_model_hash=bytes.fromhex(row.base_model_hash[2:]),
-    )
-    message = commitment.message(
-        chain_id=system.client.chain_id,
-        model_registry=system.deployment.model_registry,
-        nonce=row.nonce,
-    )
+    # The fast path of eip712: the digest is packed by hand and the recovered
+    # address is compared as bytes, without EIP-55 checksum formatting.
     try:
-        signer = eip712.recover(message, bytes.fromhex(row.signature[2:]))
+        digest = eip712.commitment_digest(
+            chain_id=system.client.chain_id,
+            model_registry=system.deployment.model_registry,
+            model_id=row.model_id,
+            round=row.round,
+            device=row.device,
+            content_hash=bytes.fromhex(row.content_hash[2:]),
+            cid=row.cid,
+            sample_count=row.sample_count,
+            base_model_hash=bytes.fromhex(row.base_model_hash[2:]),
+            nonce=row.nonce,
+        )
+    except (UsageError, ValueError) as exc:
+        # Event fields are ABI-decoded, so this needs a node that serves invalid logs.
+        return Verdict(Reason.MALFORMED, f"commitment fields are not signable: {exc}")
+    try:
+        signer = eip712.recover_address(digest, bytes.fromhex(row.signature[2:]))
     except SignatureError as exc:
         return Verdict(Reason.BAD_SIGNATURE, str(exc))
-    if signer.lower() != key.lower():
+    if signer != bytes.fromhex(key[2:]):
         return Verdict(
-            Reason.BAD_SIGNATURE, f"signed by {signer}, but the device's key was {key}"
+            Reason.BAD_SIGNATURE,
+            f"signed by {Web3.to_checksum_address(signer)}, but the device's key "
+            f"was {key}",
         )
     return PASSED
 

@@ -54,6 +54,21 @@ class Commitment:
             nonce=nonce,
         )
 
+    def digest(self, *, chain_id: int, model_registry: str, nonce: int) -> bytes:
+        """Return the 32-byte EIP-712 digest a device signs for this commitment."""
+        return eip712.commitment_digest(
+            chain_id=chain_id,
+            model_registry=model_registry,
+            model_id=self.model_id,
+            round=self.round,
+            device=self.device,
+            content_hash=self.content_hash,
+            cid=self.cid,
+            sample_count=self.sample_count,
+            base_model_hash=self.base_model_hash,
+            nonce=nonce,
+        )
+
 
 def current_nonce(system: System, device: str) -> int:
     """Return the nonce the device's next commitment consumes."""

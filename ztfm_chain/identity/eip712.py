@@ -5,13 +5,19 @@ Each builder returns the full typed-data dictionary that
 and field order match the contracts' type hashes exactly, and every domain carries the
 chain id and the verifying contract, so a signature is valid for one deployment on one
 chain only. :func:`digest` computes the 32-byte hash the contracts verify.
+
+The aggregator checks many commitment signatures, so commitments also have a fast
+path. :func:`commitment_digest` packs the struct by hand with a cached domain
+separator and returns what :func:`digest` returns for the commitment's message.
+:func:`recover_address` calls libsecp256k1 directly and returns the address that
+:func:`recover` returns, as 20 bytes.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32
@@ -20,12 +26,21 @@ from eth_utils.conversions import to_bytes
 from eth_utils.crypto import keccak
 
 from ztfm_chain.exceptions import SignatureError, UsageError
+from ztfm_chain.identity.native import keccak256, recover_public_key
 
 DEVICE_REGISTRY_DOMAIN = ("ztfm DeviceRegistry", "1")
 MODEL_REGISTRY_DOMAIN = ("ztfm ModelRegistry", "1")
 
 #: secp256k1 group order; a signature's ``s`` must be at most half of it (EIP-2).
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_MAX_LOW_S = (SECP256K1_N // 2).to_bytes(32, "big")
+# The secp256k1 recovery id (0 or 1) of each ``v`` that the contracts accept.
+_RECOVERY_IDS = {0: 0, 1: 1, 27: 0, 28: 1}
+
+_UINT32_LIMIT = 1 << 32
+_UINT64_LIMIT = 1 << 64
+_UINT256_LIMIT = 1 << 256
+_ADDRESS_PADDING = bytes(12)
 
 _DOMAIN_TYPE = [
     {"name": "name", "type": "string"},
@@ -63,6 +78,17 @@ COMMITMENT_TYPE = [
     {"name": "baseModelHash", "type": "bytes32"},
     {"name": "nonce", "type": "uint64"},
 ]
+
+
+def _encode_type(primary: str, fields: list[dict[str, str]]) -> bytes:
+    """Return the EIP-712 type string of a struct without referenced structs."""
+    members = ",".join(f"{field['type']} {field['name']}" for field in fields)
+    return f"{primary}({members})".encode()
+
+
+_DOMAIN_TYPE_HASH = keccak256(_encode_type("EIP712Domain", _DOMAIN_TYPE))
+#: Keccak-256 of the ``UpdateCommitment`` type string, ModelRegistry's type hash.
+COMMITMENT_TYPE_HASH = keccak256(_encode_type("UpdateCommitment", COMMITMENT_TYPE))
 
 
 def domain(
@@ -190,13 +216,42 @@ def recover(message: dict[str, Any], signature: bytes) -> ChecksumAddress:
     """Recover the signer of a typed-data message, rejecting what the contracts reject.
 
     Raises :class:`SignatureError` for a length other than 65 bytes, a ``v`` other than
-    0, 1, 27 or 28, and a high ``s``.
+    0, 1, 27 or 28, a high ``s``, and a signature from which no public key can be
+    recovered.
     """
-    check_signature_form(signature)
-    v = signature[64]
-    normalised = signature[:64] + bytes([v + 27 if v < 27 else v])
-    recovered: str = Account._recover_hash(digest(message), signature=normalised)
-    return to_checksum_address(recovered)
+    return to_checksum_address(recover_address(digest(message), signature))
+
+
+def recover_address(digest: bytes, signature: bytes) -> bytes:
+    """Recover the 20-byte address that signed a 32-byte digest.
+
+    The checks are those of the contracts' ``Signatures.recover``: 65 bytes, ``v`` as
+    0, 1, 27 or 28, ``s`` at most half the group order (EIP-2), and a public key
+    recoverable from ``r`` and ``s``. Each failure raises :class:`SignatureError`.
+    Compare the result with the expected address as bytes, for example
+    ``bytes.fromhex(key[2:])``, because EIP-55 checksum formatting is slow.
+    """
+    if len(digest) != 32:
+        raise UsageError(f"digest must be 32 bytes, got {len(digest)}: {digest!r}")
+    if (
+        len(signature) != 65
+        or signature[32:64] > _MAX_LOW_S
+        or signature[64] not in _RECOVERY_IDS
+    ):
+        check_signature_form(signature)
+    try:
+        public_key = recover_public_key(
+            digest, signature[:64], _RECOVERY_IDS[signature[64]]
+        )
+    except ValueError as exc:
+        # libsecp256k1 rejects r or s that is zero or not below the group order, and
+        # an r that is not the x coordinate of a curve point, as ecrecover does.
+        raise SignatureError(
+            f"signature is invalid: {exc} (r=0x{signature[:32].hex()}, "
+            f"s=0x{signature[32:64].hex()}, v={signature[64]}). Sign the message again"
+        ) from None
+    # An address is the last 20 bytes of the Keccak-256 of the public key.
+    return keccak256(public_key)[12:]
 
 
 def check_signature_form(signature: bytes) -> None:
@@ -205,16 +260,99 @@ def check_signature_form(signature: bytes) -> None:
         raise SignatureError(
             f"signature must be 65 bytes (r || s || v), got {len(signature)} bytes"
         )
-    s = int.from_bytes(signature[32:64], "big")
-    if s > SECP256K1_N // 2:
+    # Both are 32-byte big-endian numbers, so byte order is number order.
+    if signature[32:64] > _MAX_LOW_S:
         raise SignatureError(
-            f"signature has a high s value (0x{s:064x}): malleable signatures are "
-            "rejected; re-sign with a library that normalises s (EIP-2)"
+            f"signature has a high s value (0x{signature[32:64].hex()}): malleable "
+            "signatures are rejected. Re-sign with a library that normalises s (EIP-2)"
         )
-    if signature[64] not in (0, 1, 27, 28):
+    if signature[64] not in _RECOVERY_IDS:
         raise SignatureError(
             f"signature recovery id v={signature[64]} is invalid; expected 0, 1, 27 or 28"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def domain_separator(
+    name: str, version: str, chain_id: int, verifying_contract: str
+) -> bytes:
+    """Compute the EIP-712 domain separator of one contract on one chain, cached.
+
+    It equals ``_domainSeparatorV4()`` of an OpenZeppelin ``EIP712(name, version)``
+    contract at ``verifying_contract``. Raises :class:`UsageError` for a chain id
+    outside uint256 or an invalid address.
+    """
+    _check_uint(chain_id, 256, "chain_id")
+    contract = _address_bytes(verifying_contract, "verifying_contract")
+    return keccak256(
+        _DOMAIN_TYPE_HASH
+        + keccak256(name.encode())
+        + keccak256(version.encode())
+        + chain_id.to_bytes(32, "big")
+        + _ADDRESS_PADDING
+        + contract
+    )
+
+
+def commitment_digest(
+    *,
+    chain_id: int,
+    model_registry: str,
+    model_id: int,
+    round: int,
+    device: str,
+    content_hash: bytes,
+    cid: str,
+    sample_count: int,
+    base_model_hash: bytes,
+    nonce: int,
+) -> bytes:
+    """Compute the EIP-712 digest of an ``UpdateCommitment`` by packing it by hand.
+
+    The result equals ``digest(commitment_message(...))`` with the same arguments and
+    the ModelRegistry's ``commitmentDigest(commitment, nonce)``. It is faster because
+    the domain separator is cached and no typed-data encoder runs.
+    Raises :class:`UsageError` for an integer outside its Solidity type, a hash that
+    is not 32 bytes, an invalid device address or a CID that is not valid Unicode.
+    """
+    if not (
+        0 <= model_id < _UINT256_LIMIT
+        and 0 <= round < _UINT64_LIMIT
+        and 0 <= sample_count < _UINT32_LIMIT
+        and 0 <= nonce < _UINT64_LIMIT
+    ):
+        _check_uint(model_id, 256, "model_id")
+        _check_uint(round, 64, "round")
+        _check_uint(sample_count, 32, "sample_count")
+        _check_uint(nonce, 64, "nonce")
+    if len(content_hash) != 32 or len(base_model_hash) != 32:
+        _bytes32(content_hash, "content_hash")
+        _bytes32(base_model_hash, "base_model_hash")
+    name, version = MODEL_REGISTRY_DOMAIN
+    separator = domain_separator(name, version, chain_id, model_registry)
+    try:
+        cid_bytes = cid.encode()
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"cid is not valid Unicode text ({exc}): {cid!r}") from None
+    # EIP-712 encodes each field as one 32-byte word: integers and addresses
+    # left-padded with zeros, and the string as the Keccak-256 of its UTF-8 bytes.
+    struct_hash = keccak256(
+        b"".join(
+            (
+                COMMITMENT_TYPE_HASH,
+                model_id.to_bytes(32, "big"),
+                round.to_bytes(32, "big"),
+                _ADDRESS_PADDING,
+                _address_bytes(device, "device"),
+                content_hash,
+                keccak256(cid_bytes),
+                sample_count.to_bytes(32, "big"),
+                base_model_hash,
+                nonce.to_bytes(32, "big"),
+            )
+        )
+    )
+    return keccak256(b"\x19\x01" + separator + struct_hash)
 
 
 def malleate(signature: bytes) -> bytes:
@@ -268,3 +406,25 @@ def _bytes32(value: bytes, name: str) -> bytes:
     if len(value) != 32:
         raise UsageError(f"{name} must be 32 bytes, got {len(value)}: {value!r}")
     return value
+
+
+def _check_uint(value: int, bits: int, name: str) -> None:
+    if not 0 <= value < 1 << bits:
+        raise UsageError(
+            f"{name} must be a uint{bits} (0 to 2**{bits} - 1), got {value}"
+        )
+
+
+def _address_bytes(address: str, name: str) -> bytes:
+    """Return the 20 bytes of a 0x-prefixed hex address, in any letter case."""
+    if len(address) == 42 and address.startswith("0x"):
+        try:
+            raw = bytes.fromhex(address[2:])
+        except ValueError:
+            raw = b""
+        # bytes.fromhex skips spaces between bytes, so check the length it returns.
+        if len(raw) == 20:
+            return raw
+    raise UsageError(
+        f"{name} must be a 0x-prefixed address of 40 hex digits, got {address!r}"
+    )

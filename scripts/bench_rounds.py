@@ -24,6 +24,8 @@ and encodes the new model, which must have the same SHA-256 as the daemon's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import functools
 import gc
 import hashlib
@@ -186,6 +188,7 @@ class CaseResult:
     phases: dict[str, float]
     plain: float
     plain_math: float
+    round_baseline_mib: float
     round_peak_mib: float
     plain_peak_mib: float
 
@@ -374,6 +377,7 @@ def run_case(
     plain_peaks.append(peak_rss_mib())
     timer.totals.clear()
     reset_peak_rss()
+    round_baseline = current_rss_mib()
     timer.active = True
     start = time.perf_counter()
     steps = 0
@@ -421,6 +425,7 @@ def run_case(
         phases=phases,
         plain=statistics.median(run[1] for run in plain_runs),
         plain_math=statistics.median(run[2] for run in plain_runs),
+        round_baseline_mib=round_baseline,
         round_peak_mib=round_peak,
         plain_peak_mib=max(plain_peaks),
     )
@@ -430,13 +435,24 @@ def reset_peak_rss() -> bool:
     """Reset the process's peak RSS to its current RSS, or return False if refused.
 
     Writing 5 to /proc/self/clear_refs resets the peak that ``getrusage`` reports.
+    glibc keeps freed heap memory mapped, so ``malloc_trim`` first returns it to the
+    kernel. Otherwise memory freed by the previous run would count in the next peak.
     """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
             handle.write("5")
     except OSError:
         return False
     return True
+
+
+def current_rss_mib() -> float:
+    """Return the process's current RSS in MiB, from /proc/self/statm."""
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        resident_pages = int(handle.read().split()[1])
+    return resident_pages * resource.getpagesize() / 2**20
 
 
 def peak_rss_mib() -> float:
@@ -531,8 +547,8 @@ def render(results: list[CaseResult], elapsed: float, resettable: bool) -> str:
         + ", ".join(VERIFICATION_PHASES)
         + "), and verification overhead is that time / plain FedAvg. "
         "Peak RSS is `ru_maxrss` of "
-        "`resource.getrusage`, reset through /proc/self/clear_refs before the round "
-        "and before each plain run"
+        "`resource.getrusage`, reset through /proc/self/clear_refs, after glibc's "
+        "`malloc_trim`, before the round and before each plain run"
         + (
             "."
             if resettable
@@ -617,11 +633,16 @@ def render_targets(results: list[CaseResult]) -> list[str]:
             f"within {TARGET_SECONDS:.0f} s: not measured in this run."
         )
     largest = max(results, key=lambda r: r.parameters * r.devices)
+    increase = largest.round_peak_mib - largest.round_baseline_mib
+    stack = largest.devices * largest.parameters * 4 / 2**20
     lines.append(
         f"- Peak RSS of the largest case ({largest.devices} devices, "
         f"{largest.parameters:,} parameters): {largest.round_peak_mib:,.0f} MiB "
-        f"during the daemon round, {largest.plain_peak_mib:,.0f} MiB during plain "
-        "FedAvg."
+        f"during the daemon round, {increase:,.0f} MiB above the "
+        f"{largest.round_baseline_mib:,.0f} MiB that the process held before it. "
+        f"The round's float32 update stack alone is {stack:,.0f} MiB. Plain FedAvg, "
+        f"which stacks every update and converts the stack to float64, peaks at "
+        f"{largest.plain_peak_mib:,.0f} MiB."
     )
     return lines
 

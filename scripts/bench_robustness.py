@@ -362,7 +362,7 @@ def format_report(
 
 
 def _narrowed(mode: Mode, args: argparse.Namespace) -> Mode:
-    """Apply --distributions, --attacks and --fractions; raise ValueError on bad names."""
+    """Apply --distributions, --attacks and --fractions, or raise ValueError."""
     if args.distributions is not None:
         names = tuple(args.distributions.split(","))
         unknown = [name for name in names if name not in ("iid", "dirichlet")]

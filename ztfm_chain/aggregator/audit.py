@@ -65,8 +65,8 @@ def audit_round(
     """Re-verify round ``round`` of model ``model_id``; see the module docstring.
 
     ``root`` must be the aggregator's root set when the aggregator ran the root-set
-    loss check; without it that check is skipped, and the updates it flagged show
-    up as disagreements.
+    loss check. Without it the check is skipped, so the updates it flagged show up
+    as disagreements.
     """
     info = round_info(system, model_id, round)
     if info.state not in (RoundState.FINALIZED, RoundState.FAILED):

@@ -34,6 +34,7 @@ from ztfm_chain.fl.trust import (
 from ztfm_chain.fl.validation import (
     DEFAULT_ROOT_LOSS_MARGIN,
     DEFAULT_ROOT_LOSS_MAX_COSINE,
+    DEFAULT_ROOT_LOSS_MIN_BASE_LOSS,
     DEFAULT_ROOT_LOSS_REFERENCE_SHARE,
     DEFAULT_ROOT_LOSS_STEP,
     flag_root_loss,
@@ -82,6 +83,7 @@ class AnomalySettings:
     root_loss_margin: float = DEFAULT_ROOT_LOSS_MARGIN
     root_loss_reference_share: float = DEFAULT_ROOT_LOSS_REFERENCE_SHARE
     root_loss_max_cosine: float = DEFAULT_ROOT_LOSS_MAX_COSINE
+    root_loss_min_base_loss: float = DEFAULT_ROOT_LOSS_MIN_BASE_LOSS
 
 
 @dataclass
@@ -154,6 +156,7 @@ def compute_outcome(
             margin=anomaly.root_loss_margin,
             reference_share=anomaly.root_loss_reference_share,
             max_cosine=anomaly.root_loss_max_cosine,
+            min_base_loss=anomaly.root_loss_min_base_loss,
         )
         flagged = merge_flags(flags, root_flags)
     else:

@@ -52,10 +52,10 @@ __all__ = [
 # below about 1.2, honest updates from devices with few classes raised it by up to
 # +0.047 with cosines near 0, as much as label-flipped ones, so the check stops at
 # DEFAULT_ROOT_LOSS_MIN_BASE_LOSS. Among the settings compared, these caught the
-# most attackers by round 5 while about 5% of honest devices at most fell below the
+# most attackers by round 5 while at most about 5% of honest devices fell below the
 # quarantine threshold by then. docs/aggregation.md lists the ranges compared.
 DEFAULT_ROOT_LOSS_STEP = 0.2
-DEFAULT_ROOT_LOSS_MARGIN = 0.0
+DEFAULT_ROOT_LOSS_MARGIN = 0.01
 DEFAULT_ROOT_LOSS_REFERENCE_SHARE = 0.5
 DEFAULT_ROOT_LOSS_MAX_COSINE = 0.2
 DEFAULT_ROOT_LOSS_MIN_BASE_LOSS = 1.5

@@ -14,6 +14,10 @@ flagged only when its cosine to the root-set update is also low, and only while 
 base model's root-set loss is high. Everything runs in float64 in a fixed order,
 without randomness, so an auditor with the same base model, updates and root set
 computes the same verdicts.
+
+NOTE: the matrix products may sum in another order on another CPU or thread
+count, so a loss change within rounding error (estimated at 1e-12) of the threshold
+could get another verdict there.
 """
 
 from __future__ import annotations

@@ -51,6 +51,12 @@ from ztfm_chain.fl.simulation import (
     run_federations,
 )
 from ztfm_chain.fl.trust import TrustPolicy
+from ztfm_chain.fl.validation import (
+    DEFAULT_ROOT_LOSS_MARGIN,
+    DEFAULT_ROOT_LOSS_MAX_COSINE,
+    DEFAULT_ROOT_LOSS_REFERENCE_SHARE,
+    DEFAULT_ROOT_LOSS_STEP,
+)
 
 N_DEVICES = 20
 TRIM_BETA = 0.2
@@ -139,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = replace(mode, rounds=args.rounds)
     if args.seeds is not None:
         mode = replace(mode, seeds=tuple(range(args.seeds)))
+    try:
+        mode = _narrowed(mode, args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if mode.rounds < DETECTION_ROUND:
         print(
             f"error: --rounds must be at least {DETECTION_ROUND} for the detection "
@@ -294,7 +305,11 @@ def format_report(
         f"m = n - f; fltrust uses the root-set update as reference, fltrust-median "
         "the coordinate-wise median; fedavg-filtered drops updates flagged against "
         f"the root-set update (cosine <= {DEFAULT_MIN_COSINE} or norm ratio > "
-        f"{DEFAULT_MAX_NORM_RATIO}); fedavg-honest averages the honest devices only.",
+        f"{DEFAULT_MAX_NORM_RATIO}, or the root-set loss check: loss change at step "
+        f"{DEFAULT_ROOT_LOSS_STEP:g} above {DEFAULT_ROOT_LOSS_MARGIN:g} + "
+        f"{DEFAULT_ROOT_LOSS_REFERENCE_SHARE:g} x the root-set update's change, with "
+        f"cosine < {DEFAULT_ROOT_LOSS_MAX_COSINE:g}); fedavg-honest averages the "
+        "honest devices only.",
         f"- Attacks: sign-flip x1 and x{attacks.strong_sign_flip_scale:g}; gaussian "
         f"noise std {attacks.noise_std}; scaling x{attacks.scaling_factor:g}; "
         "model-replacement boosts a label-flipped update by n / malicious; sybil "
@@ -325,9 +340,11 @@ def format_report(
         "",
         f"Flagged: trust below {policy.quarantine_below_bps} bps (start "
         f"{policy.initial_bps}, EWMA history weight {policy.history_weight_bps} bps, "
-        "behaviour = 5000 + 5000 x clipped cosine, 0 when flagged). Means over seeds; precision is "
-        "left out of the mean for a seed that flagged nobody, and 'n/a' means it was "
-        "undefined for every seed.",
+        "behaviour = 5000 + 5000 x clipped cosine, 0 when flagged). The root columns "
+        "use the root-set checks, the root-set loss check included; the median "
+        "columns use the cosine and norm-ratio checks against the coordinate-wise "
+        "median. Means over seeds; precision is left out of the mean for a seed "
+        "that flagged nobody, and 'n/a' means it was undefined for every seed.",
         "",
         "| distribution | attack | malicious | root precision | root recall | "
         "root FPR | median precision | median recall | median FPR |",
@@ -342,6 +359,33 @@ def format_report(
             f"{scenario.fraction:.0%} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
+
+
+def _narrowed(mode: Mode, args: argparse.Namespace) -> Mode:
+    """Apply --distributions, --attacks and --fractions, or raise ValueError."""
+    if args.distributions is not None:
+        names = tuple(args.distributions.split(","))
+        unknown = [name for name in names if name not in ("iid", "dirichlet")]
+        if unknown:
+            raise ValueError(f"unknown distributions {unknown}; use iid, dirichlet")
+        mode = replace(mode, distributions=names)
+    if args.attacks is not None:
+        names = tuple(args.attacks.split(","))
+        unknown = [name for name in names if name not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attacks {unknown}; use {', '.join(ATTACKS)}")
+        mode = replace(mode, attacks=names)
+    if args.fractions is not None:
+        try:
+            fractions = tuple(float(value) for value in args.fractions.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--fractions must be comma-separated numbers, got {args.fractions!r}"
+            ) from None
+        if not all(0 <= value < 1 for value in fractions):
+            raise ValueError(f"fractions must be in [0, 1), got {args.fractions}")
+        mode = replace(mode, fractions=fractions)
+    return mode
 
 
 def _scenarios(mode: Mode) -> list[Scenario]:
@@ -412,6 +456,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--seeds", type=int, default=None, help="number of seeds (full: 3, quick: 1)"
+    )
+    parser.add_argument(
+        "--distributions",
+        default=None,
+        help="comma-separated subset of iid,dirichlet (default: the mode's)",
+    )
+    parser.add_argument(
+        "--attacks",
+        default=None,
+        help="comma-separated attack names, 'none' included (default: the mode's)",
+    )
+    parser.add_argument(
+        "--fractions",
+        default=None,
+        help="comma-separated malicious fractions in [0, 1), e.g. 0,0.3 "
+        "(default: the mode's)",
     )
     parser.add_argument(
         "--jobs",

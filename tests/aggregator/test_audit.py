@@ -8,12 +8,14 @@ import json
 import pytest
 
 from tests.aggregator.conftest import Federation
-from tests.aggregator.test_reasons import finish_round, sign_flipped
+from tests.aggregator.test_reasons import finish_round, report_of, sign_flipped
 from tests.chain.conftest import advance_time
 from tests.conftest import Roles
 from ztfm_chain.aggregator.audit import audit_round
 from ztfm_chain.chain.models import close_round, finalize_round, round_info
+from ztfm_chain.device.runtime import DeviceRuntime, TrainingSettings
 from ztfm_chain.exceptions import UsageError
+from ztfm_chain.fl.attacks import flip_labels
 
 
 def test_audit_agrees_with_honest_aggregator(federation: Federation) -> None:
@@ -75,3 +77,44 @@ def test_audit_of_open_round_rejected(federation: Federation) -> None:
     with pytest.raises(UsageError, match="only a finalized or failed round"):
         audit_round(federation.system, federation.store, federation.model_id, round)
     advance_time(federation.system, 1)
+
+
+def test_audit_repeats_root_loss_check(federation: Federation) -> None:
+    round = federation.open_round()
+    hostile = federation.devices[-1]
+    flipper = DeviceRuntime(
+        federation.system,
+        federation.store,
+        hostile.key,
+        hostile.data,
+        flip_labels(hostile.labels),
+        relayer=Roles.relayer,
+        training=TrainingSettings(epochs=1),
+        seed=5,
+    )
+    flipper.run_round(federation.model_id)
+    finish_round(federation, round)
+    root = federation.settings.root
+    assert root is not None
+
+    with_root = audit_round(
+        federation.system, federation.store, federation.model_id, round, root=root
+    )
+    without_root = audit_round(
+        federation.system, federation.store, federation.model_id, round
+    )
+
+    report = report_of(federation, round)
+    detail = next(
+        c["detail"] for c in report["commitments"] if c["device"] == hostile.device
+    )
+    # Only the root-set loss check flagged it, so the cosine check left no detail.
+    assert "root-set loss change" in detail
+    assert "norm ratio" not in detail
+    assert with_root.disagreements == []
+    assert with_root.reasons[hostile.device] == "ANOMALOUS"
+    assert without_root.reasons[hostile.device] == "ACCEPTED"
+    assert any(
+        line.startswith(f"{hostile.device}: auditor finds ACCEPTED")
+        for line in without_root.disagreements
+    )

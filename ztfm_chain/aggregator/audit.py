@@ -17,6 +17,7 @@ from ztfm_chain.aggregator.journal import CommitmentRow
 from ztfm_chain.aggregator.reasons import Reason
 from ztfm_chain.aggregator.rounds import (
     AnomalySettings,
+    RootData,
     UpdateStack,
     accepted_digest,
     compute_outcome,
@@ -59,8 +60,14 @@ def audit_round(
     round: int,
     *,
     anomaly: AnomalySettings | None = None,
+    root: RootData | None = None,
 ) -> AuditResult:
-    """Re-verify round ``round`` of model ``model_id``; see the module docstring."""
+    """Re-verify round ``round`` of model ``model_id``; see the module docstring.
+
+    ``root`` must be the aggregator's root set when the aggregator ran the root-set
+    loss check. Without it the check is skipped, so the updates it flagged show up
+    as disagreements.
+    """
     info = round_info(system, model_id, round)
     if info.state not in (RoundState.FINALIZED, RoundState.FAILED):
         raise UsageError(
@@ -157,6 +164,7 @@ def audit_round(
         quorum=model.quorum,
         reference_tensors=reference,
         anomaly=anomaly or AnomalySettings(),
+        root=root,
     )
     result.reasons = {d: r.name for d, (r, _) in sorted(outcome.verdicts.items())}
     _compare(result, report, rows, outcome, args, info.state)

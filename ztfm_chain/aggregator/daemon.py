@@ -490,6 +490,7 @@ class Aggregator:
             quorum=model.quorum,
             reference_tensors=root_reference(base.tensors, self.settings.root),
             anomaly=self.settings.anomaly,
+            root=self.settings.root,
         )
         current = self._current_trust(model_id, list(outcome.verdicts))
         outcome.trust = next_trust(

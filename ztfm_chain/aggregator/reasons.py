@@ -53,7 +53,8 @@ class Reason(IntEnum):
     #: The sample count is not positive, exceeds the model's bound, or differs
     #: between the commitment and the update's metadata.
     BAD_SAMPLE_COUNT = 19
-    #: Behavioural analytics flagged the update (cosine, norm ratio or distance).
+    #: Behavioural analytics flagged the update (cosine, norm ratio, distance or
+    #: root-set loss).
     ANOMALOUS = 20
     #: The contract on chain is not the expected one (no code, wrong chain).
     WRONG_CHAIN = 21

@@ -32,6 +32,16 @@ from ztfm_chain.fl.trust import (
     behaviour_bps,
     update_trust,
 )
+from ztfm_chain.fl.validation import (
+    DEFAULT_ROOT_LOSS_MARGIN,
+    DEFAULT_ROOT_LOSS_MAX_COSINE,
+    DEFAULT_ROOT_LOSS_MIN_BASE_LOSS,
+    DEFAULT_ROOT_LOSS_REFERENCE_SHARE,
+    DEFAULT_ROOT_LOSS_STEP,
+    flag_root_loss,
+    merge_flags,
+    root_loss_changes,
+)
 from ztfm_chain.updates import ModelSchema, encode_model
 
 #: The rule name in ztfm_chain.fl for each rule id a model stores on chain.
@@ -60,10 +70,21 @@ class RootData:
 
 @dataclass(frozen=True)
 class AnomalySettings:
-    """Thresholds of the behavioural checks against the reference update."""
+    """Thresholds of the behavioural checks against the reference update.
+
+    The ``root_loss_*`` fields set the root-set loss check of
+    :func:`ztfm_chain.fl.validation.flag_root_loss`, which runs only when the
+    aggregator has a root set and ``root_loss`` is true.
+    """
 
     min_cosine: float = DEFAULT_MIN_COSINE
     max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO
+    root_loss: bool = True
+    root_loss_step: float = DEFAULT_ROOT_LOSS_STEP
+    root_loss_margin: float = DEFAULT_ROOT_LOSS_MARGIN
+    root_loss_reference_share: float = DEFAULT_ROOT_LOSS_REFERENCE_SHARE
+    root_loss_max_cosine: float = DEFAULT_ROOT_LOSS_MAX_COSINE
+    root_loss_min_base_loss: float = DEFAULT_ROOT_LOSS_MIN_BASE_LOSS
 
 
 @dataclass
@@ -148,14 +169,17 @@ def compute_outcome(
     quorum: int,
     reference_tensors: Mapping[str, torch.Tensor] | None,
     anomaly: AnomalySettings,
+    root: RootData | None = None,
 ) -> RoundOutcome:
     """Score, filter and aggregate the verified updates of one round.
 
     ``rejected`` maps each device rejected by provenance or content checks to its
     reason. ``reference_tensors`` is the root-set update (see :func:`root_reference`);
-    without one, the coordinate-wise median of the updates is the reference. Returns
-    the new global model bytes, or None below ``quorum``. An :class:`UpdateStack`
-    passed as ``updates`` is consumed: its flagged rows are dropped in place.
+    without one, the coordinate-wise median of the updates is the reference. With
+    both ``root`` and ``reference_tensors``, the root-set loss check also runs on
+    the base model and flags its updates as ANOMALOUS. Returns the new global model
+    bytes, or None below ``quorum``. An :class:`UpdateStack` passed as ``updates``
+    is consumed: its flagged rows are dropped in place.
     """
     verdicts: dict[str, tuple[Reason, str]] = dict(rejected)
     scores: dict[str, dict[str, float]] = {}
@@ -177,13 +201,37 @@ def compute_outcome(
         min_cosine=anomaly.min_cosine,
         max_norm_ratio=anomaly.max_norm_ratio,
     )
-    flagged = {flag.index: flag for flag in flags}
+    root_changes: torch.Tensor | None = None
+    if root is not None and reference_tensors is not None and anomaly.root_loss:
+        root_scores = root_loss_changes(
+            schema,
+            base,
+            stack.matrix,
+            root.data,
+            root.labels,
+            reference=reference,
+            step=anomaly.root_loss_step,
+        )
+        root_changes = root_scores.changes
+        root_flags = flag_root_loss(
+            root_scores,
+            anomaly_scores.cosine,
+            margin=anomaly.root_loss_margin,
+            reference_share=anomaly.root_loss_reference_share,
+            max_cosine=anomaly.root_loss_max_cosine,
+            min_base_loss=anomaly.root_loss_min_base_loss,
+        )
+        flagged = merge_flags(flags, root_flags)
+    else:
+        flagged = merge_flags(flags)
     for index, device in enumerate(devices):
         scores[device] = {
             "cosine": float(anomaly_scores.cosine[index]),
             "norm_ratio": float(anomaly_scores.norm_ratio[index]),
             "l2_distance": float(anomaly_scores.l2_distance[index]),
         }
+        if root_changes is not None:
+            scores[device]["root_loss_change"] = float(root_changes[index])
         if index in flagged:
             verdicts[device] = (Reason.ANOMALOUS, flagged[index].detail)
     kept = [i for i in range(len(devices)) if i not in flagged]

@@ -83,6 +83,13 @@ def run(
     max_norm_ratio: Annotated[
         float, typer.Option(help="Flag updates longer than this times the reference.")
     ] = DEFAULT_MAX_NORM_RATIO,
+    root_loss: Annotated[
+        bool,
+        typer.Option(
+            help="With --root-digits, also flag updates by their effect on the "
+            "root-set loss (see docs/aggregation.md)."
+        ),
+    ] = True,
     journal: Annotated[
         Path | None,
         typer.Option(help="Journal file (default: $ZTFM_HOME/aggregator/...)."),
@@ -159,7 +166,9 @@ def run(
             max_rounds=max_rounds,
             root=root,
             anomaly=AnomalySettings(
-                min_cosine=min_cosine, max_norm_ratio=max_norm_ratio
+                min_cosine=min_cosine,
+                max_norm_ratio=max_norm_ratio,
+                root_loss=root_loss,
             ),
             stall_after=os.environ.get("ZTFM_AGGREGATOR_STALL_AFTER") or None,
         ),

@@ -20,20 +20,34 @@ def round_(
     ctx: typer.Context,
     model: Annotated[int, typer.Argument(help="Model id.")],
     round: Annotated[int, typer.Argument(help="Round number.")],
+    root_digits: Annotated[
+        bool,
+        typer.Option(
+            help="Repeat the root-set loss check with the 100-image digits root set, "
+            "as an aggregator run with --root-digits does."
+        ),
+    ] = False,
 ) -> None:
     """Repeat every check of a finished round and compare with the chain.
 
     Needs no access to the aggregator's journal. Exits 1 when the audit disagrees
     with what was finalized, listing each disagreement.
     """
-    from ztfm_chain.aggregator.audit import audit_round  # loads torch: only here
+    # torch and scikit-learn load slowly, so only this command imports them.
+    from ztfm_chain.aggregator.audit import audit_round
+    from ztfm_chain.aggregator.rounds import RootData
+    from ztfm_chain.fl.data import load_digits_split
 
     config = settings(ctx)
+    root = None
+    if root_digits:
+        split = load_digits_split(seed=0)
+        root = RootData(split.root_x, split.root_y)
     err = Console(stderr=True)
     if not config.json_output:
         for name, value in config.describe().items():
             err.print(f"{name}: {value}")
-    result = audit_round(config.system(), config.store(), model, round)
+    result = audit_round(config.system(), config.store(), model, round, root=root)
     if config.json_output:
         typer.echo(
             json.dumps(

@@ -1,5 +1,5 @@
 """Federated-learning maths: data splits, models, local training, aggregation rules,
-anomaly scores, trust scores and simulated attacks.
+anomaly scores, the root-set loss check, trust scores and simulated attacks.
 
 This package has no chain or storage code. From ztfm_chain it imports only
 :mod:`ztfm_chain.updates` and the exceptions.
@@ -32,6 +32,12 @@ from ztfm_chain.fl.trust import (
     is_quarantined,
     update_trust,
 )
+from ztfm_chain.fl.validation import (
+    RootLossScores,
+    flag_root_loss,
+    merge_flags,
+    root_loss_changes,
+)
 
 __all__ = [
     "MLP",
@@ -46,16 +52,20 @@ __all__ = [
     "FLTrust",
     "FedAvg",
     "MultiKrum",
+    "RootLossScores",
     "TrimmedMean",
     "TrustPolicy",
     "apply_penalty",
     "behaviour_bps",
     "evaluate",
     "flag_anomalies",
+    "flag_root_loss",
     "init_mlp_state",
     "is_quarantined",
     "make_rule",
+    "merge_flags",
     "mlp_for_parameter_count",
+    "root_loss_changes",
     "score_updates",
     "train_local",
     "train_local_many",

@@ -32,6 +32,12 @@ from ztfm_chain.fl.data import DigitsSplit, dirichlet_split, iid_split
 from ztfm_chain.fl.models import DIGITS_CLASSES, DIGITS_WIDTHS, init_mlp_state
 from ztfm_chain.fl.training import evaluate, train_local_many
 from ztfm_chain.fl.trust import TrustPolicy, behaviour_bps, update_trust
+from ztfm_chain.fl.validation import (
+    RootLossScores,
+    flag_root_loss,
+    merge_flags,
+    root_loss_changes,
+)
 from ztfm_chain.updates import ModelSchema
 
 __all__ = [
@@ -156,6 +162,8 @@ class RuleSetup:
     median of the participating updates is the reference for scores. ``honest_only``
     aggregates only honest devices (a baseline no real aggregator can run).
     ``filter_anomalies`` drops flagged updates before the rule runs.
+    ``root_loss_check`` adds the root-set loss check of
+    :mod:`ztfm_chain.fl.validation` to the flags; it needs ``root_reference``.
     """
 
     label: str
@@ -163,6 +171,7 @@ class RuleSetup:
     root_reference: bool = False
     honest_only: bool = False
     filter_anomalies: bool = False
+    root_loss_check: bool = True
 
 
 @dataclass
@@ -326,8 +335,18 @@ def _advance(
         if setup.root_reference
         else coordinate_median(mine.double())[0].to(mine.dtype)
     )
+    root_loss = None
+    if setup.root_reference and setup.root_loss_check:
+        root_loss = root_loss_changes(
+            schema,
+            run.state,
+            mine,
+            split.root_x,
+            split.root_y,
+            reference=root_update,
+        )
     flagged = _score_and_update_trust(
-        mine, reference, participants, run.trust, context.policy
+        mine, reference, participants, run.trust, context.policy, root_loss
     )
     chosen = [d for d in participants if not (setup.filter_anomalies and d in flagged)]
     if chosen:
@@ -398,13 +417,19 @@ def _score_and_update_trust(
     participants: Sequence[int],
     trust: list[int],
     policy: TrustPolicy,
+    root_loss: RootLossScores | None = None,
 ) -> set[int]:
     """Move the participants' trust by their behaviour; return the flagged devices."""
     if float(torch.linalg.vector_norm(reference)) == 0:
         # NOTE: a zero reference scores nothing, so trust stays unchanged this round.
         return set()
     scores = score_updates(updates, reference)
-    flagged = {participants[flag.index] for flag in flag_anomalies(scores)}
+    flags = flag_anomalies(scores)
+    if root_loss is not None:
+        flags = tuple(
+            merge_flags(flags, flag_root_loss(root_loss, scores.cosine)).values()
+        )
+    flagged = {participants[flag.index] for flag in flags}
     for position, device in enumerate(participants):
         behaviour = behaviour_bps(
             float(scores.cosine[position]), anomalous=device in flagged

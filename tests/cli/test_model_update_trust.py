@@ -210,3 +210,41 @@ def test_round_outcome_and_trust(deployed_cli: Cli) -> None:
     other_model = cli.json(*words(f"trust history scored-2 --model {model + 100}"))
     assert other_model == []
     assert "ANOMALOUS" in cli.ok("trust", "history", "scored-2").stdout
+
+
+def test_trust_set_readmits_device(deployed_cli: Cli) -> None:
+    cli = deployed_cli
+    model = cli.json(*words("model create --digits --min-trust 2000"))["model_id"]
+    device = enrol_device(cli, "quarantined")
+    system = cli.system()
+    system.client.transact(
+        system.trust.functions.setScores(model, [device], [300], [Reason.ANOMALOUS]),
+        AGGREGATOR,
+    )
+    changed = cli.json(
+        *words(f"trust set quarantined 2500 --model {model} --key dev:4")
+    )
+    assert changed["old_score"] == 300
+    assert changed["new_score"] == 2500
+    assert cli.json("trust", "show", "quarantined")[0]["score"] == 2500
+    history = cli.json("trust", "history", "quarantined")
+    assert [h["reason"] for h in history] == ["ANOMALOUS", "OPERATOR_SET"]
+    assert history[-1]["aggregator"] == AGGREGATOR.address
+
+
+def test_trust_set_rejects_non_aggregator(deployed_cli: Cli) -> None:
+    cli = deployed_cli
+    model = cli.json(*words("model create --digits"))["model_id"]
+    enrol_device(cli, "unchanged")
+    result = cli(
+        "trust", "set", "unchanged", "9000", "--model", str(model), "--key", "dev:5"
+    )
+    assert_one_line_error(result, 4, "NotModelAggregator")
+    assert cli.json("trust", "show", "unchanged")[0]["score"] == 5000
+
+
+def test_trust_set_rejects_score_out_of_range(deployed_cli: Cli) -> None:
+    result = deployed_cli(
+        "trust", "set", "x", "10001", "--model", "1", "--key", "dev:4"
+    )
+    assert_one_line_error(result, 2, "SCORE 10001")

@@ -58,6 +58,9 @@ class Reason(IntEnum):
     ANOMALOUS = 20
     #: The contract on chain is not the expected one (no code, wrong chain).
     WRONG_CHAIN = 21
+    #: An operator set the score by hand with an aggregator key (``ztfm trust set``),
+    #: for example to let a quarantined device commit again.
+    OPERATOR_SET = 22
 
 
 #: Reasons that are not the device's fault, so they cost no trust.

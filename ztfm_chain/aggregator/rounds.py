@@ -269,7 +269,7 @@ def next_trust(
     """Return (old, new, reason) per device that had a verdict this round.
 
     NOTE: a device below its model's minimum trust cannot commit, so it gets no
-    verdict and no new score: nothing lifts it back without an operator.
+    verdict and no new score. Only an operator lifts it back (``ztfm trust set``).
     """
     changes: dict[str, tuple[int, int, Reason]] = {}
     for device, (reason, _) in outcome.verdicts.items():

@@ -20,8 +20,13 @@ from ztfm_chain.cli.chain import (
 from ztfm_chain.cli.common import handle_errors
 from ztfm_chain.cli.device import resolve_device
 
+#: TrustRegistry.MAX_SCORE. The constant is repeated here because importing
+#: ztfm_chain.fl would load torch for every CLI command.
+MAX_SCORE = 10_000
+
 app = typer.Typer(
-    help="Show devices' trust scores (basis points, 0 to 10000) and their history.",
+    help="Show devices' trust scores (basis points, 0 to 10000) and their history, "
+    "or set one by hand.",
     no_args_is_help=True,
 )
 
@@ -72,6 +77,63 @@ def show(
             last = "never scored (initial score)"
         table.add_row(row["device"], str(row["score"]), str(row["updates"]), last)
     stdout_console().print(table)
+
+
+@app.command("set")
+@handle_errors
+def set_score(
+    ctx: typer.Context,
+    device: Annotated[
+        str,
+        typer.Argument(help="Device: 0x address, did:ethr DID or keystore name."),
+    ],
+    score: Annotated[
+        int,
+        typer.Argument(help="New trust score in basis points (0 to 10000)."),
+    ],
+    model: Annotated[
+        int, typer.Option(help="Model whose aggregator key signs the change.")
+    ],
+    key: Annotated[
+        str,
+        typer.Option(
+            help="Aggregator key of the model: keystore path or name, or dev:N."
+        ),
+    ],
+) -> None:
+    """Set a device's trust score by hand, with reason OPERATOR_SET.
+
+    A device below its model's minimum trust cannot commit, so its score does not
+    recover by itself. This lets an operator readmit it, or lower a suspect device.
+    The TrustRegistry accepts the change only from an aggregator of the model and
+    for a device that takes part in it.
+    """
+    check_range("SCORE", score, 0, MAX_SCORE, "basis points")
+    cfg = command_settings(ctx)
+    system = cfg.system()
+    address = resolve_device(cfg, device, system.client.chain_id)
+    account = cfg.account(key, chain_id=system.client.chain_id)
+    old = int(system.client.call(system.trust.functions.scoreOf(address)))
+    receipt = system.client.transact(
+        system.trust.functions.setScores(
+            model, [address], [score], [int(Reason.OPERATOR_SET)]
+        ),
+        account,
+    )
+    result = {
+        "device": address,
+        "model_id": model,
+        "old_score": old,
+        "new_score": score,
+        "tx_hash": "0x" + bytes(receipt["transactionHash"]).hex(),
+    }
+    if cfg.json_output:
+        print_json(result)
+        return
+    stdout_console().print(
+        f"trust of {address} in model {model}: {old} -> {score} bps "
+        f"(tx {result['tx_hash']})"
+    )
 
 
 @app.command("history")

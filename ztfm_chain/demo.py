@@ -284,6 +284,7 @@ def _start_aggregator(
         "--max-rounds",
         str(settings.rounds),
         "--root-digits",
+        "--root-loss",
         "--exit-when-done",
         "--poll-interval",
         "0.1",

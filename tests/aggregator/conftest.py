@@ -16,7 +16,7 @@ from tests.chain.conftest import new_key
 from tests.conftest import Roles
 from ztfm_chain.aggregator.daemon import Aggregator, AggregatorSettings
 from ztfm_chain.aggregator.journal import Journal
-from ztfm_chain.aggregator.rounds import RootData
+from ztfm_chain.aggregator.rounds import AnomalySettings, RootData
 from ztfm_chain.chain.deploy import System
 from ztfm_chain.chain.models import (
     AggregationRule,
@@ -134,6 +134,7 @@ def federation(
         poll_interval=0.05,
         content_grace=0.0,
         root=RootData(digits.root_x, digits.root_y, epochs=1),
+        anomaly=AnomalySettings(root_loss=True),
     )
     fed = Federation(
         system, store, model_id, devices, tmp_path / "journal.sqlite", digits, settings

@@ -118,3 +118,4 @@ def test_audit_repeats_root_loss_check(federation: Federation) -> None:
         line.startswith(f"{hostile.device}: auditor finds ACCEPTED")
         for line in without_root.disagreements
     )
+    assert "--root-digits" in without_root.disagreements[-1]

@@ -92,7 +92,7 @@ def _outcome(
         rule_id=int(RuleId.FEDAVG),
         quorum=1,
         reference_tensors=root_reference(round.base, round.root),
-        anomaly=anomaly or AnomalySettings(),
+        anomaly=anomaly or AnomalySettings(root_loss=True),
         root=root,
     )
 

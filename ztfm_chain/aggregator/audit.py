@@ -67,6 +67,8 @@ def audit_round(
     ``root`` must be the aggregator's root set when the aggregator ran the root-set
     loss check. Without it the check is skipped, so the updates it flagged show up
     as disagreements.
+    Unless ``anomaly`` is given, the check runs when the report says that the
+    aggregator ran it.
     """
     info = round_info(system, model_id, round)
     if info.state not in (RoundState.FINALIZED, RoundState.FAILED):
@@ -81,6 +83,7 @@ def audit_round(
     final_block = int(final["blockNumber"])
     args = final["args"]
     report = _fetch_report(store, args, result)
+    ran_root_loss = bool(report.get("root_loss_check", False))
     model = model_info(system, model_id, final_block - 1)
     base_model = fetch_base_model(system, store, model_id)
     schema = base_model.schema
@@ -163,11 +166,18 @@ def audit_round(
         rule_id=model.aggregation_rule,
         quorum=model.quorum,
         reference_tensors=reference,
-        anomaly=anomaly or AnomalySettings(),
+        anomaly=anomaly or AnomalySettings(root_loss=ran_root_loss),
         root=root,
     )
     result.reasons = {d: r.name for d, (r, _) in sorted(outcome.verdicts.items())}
     _compare(result, report, rows, outcome, args, info.state)
+    if ran_root_loss and root is None and result.disagreements:
+        result.disagreements.append(
+            "the report says the aggregator ran the root-set loss check, which "
+            "this audit skipped for lack of a root set, so its verdicts can differ: "
+            "repeat the audit with the aggregator's root set "
+            "(`ztfm audit round --root-digits`)"
+        )
     return result
 
 
@@ -222,6 +232,13 @@ def _sanitized(report: dict[str, Any], result: AuditResult) -> dict[str, Any]:
             result.disagreements.append(
                 f"report field {key} is not a string: {value!r}"
             )
+    root_loss_check = report.get("root_loss_check", False)
+    if isinstance(root_loss_check, bool):
+        clean["root_loss_check"] = root_loss_check
+    else:
+        result.disagreements.append(
+            f"report field root_loss_check is not a boolean: {root_loss_check!r:.200}"
+        )
     commitments = report.get("commitments", [])
     if not isinstance(commitments, list):
         result.disagreements.append("report field commitments is not a list")

@@ -605,6 +605,8 @@ class Aggregator:
             "new_model_cid": new_cid,
             "reference_cid": reference_cid,
             "accepted_digest": "0x" + digest.hex(),
+            "root_loss_check": self.settings.root is not None
+            and self.settings.anomaly.root_loss,
             "failed": failed,
         }
         report_rows = []

@@ -74,12 +74,13 @@ class AnomalySettings:
 
     The ``root_loss_*`` fields set the root-set loss check of
     :func:`ztfm_chain.fl.validation.flag_root_loss`, which runs only when the
-    aggregator has a root set and ``root_loss`` is true.
+    aggregator has a root set and ``root_loss`` is true. It is off by default
+    because its thresholds are calibrated on the digits demo only.
     """
 
     min_cosine: float = DEFAULT_MIN_COSINE
     max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO
-    root_loss: bool = True
+    root_loss: bool = False
     root_loss_step: float = DEFAULT_ROOT_LOSS_STEP
     root_loss_margin: float = DEFAULT_ROOT_LOSS_MARGIN
     root_loss_reference_share: float = DEFAULT_ROOT_LOSS_REFERENCE_SHARE

@@ -87,9 +87,10 @@ def run(
         bool,
         typer.Option(
             help="With --root-digits, also flag updates by their effect on the "
-            "root-set loss (see docs/aggregation.md)."
+            "root-set loss. Its thresholds are calibrated on the digits demo only "
+            "(see docs/aggregation.md)."
         ),
-    ] = True,
+    ] = False,
     journal: Annotated[
         Path | None,
         typer.Option(help="Journal file (default: $ZTFM_HOME/aggregator/...)."),

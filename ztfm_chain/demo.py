@@ -53,7 +53,7 @@ from ztfm_chain.chain.models import (
 )
 from ztfm_chain.cli.common import dev_account
 from ztfm_chain.device.runtime import DeviceRuntime, DeviceStepError, TrainingSettings
-from ztfm_chain.exceptions import ContractError, ZtfmError
+from ztfm_chain.exceptions import ContractError, UsageError, ZtfmError
 from ztfm_chain.fl.aggregation import FedAvg
 from ztfm_chain.fl.data import DigitsSplit, dirichlet_split, load_digits_split
 from ztfm_chain.fl.models import DIGITS_WIDTHS, init_mlp_state
@@ -74,6 +74,8 @@ ROLES = {
     17: "revoked mid-run",
 }
 REVOKE_ROUND = 5
+#: The misbehaving devices' indices go up to 17, so the demo needs 18 devices.
+MIN_DEVICES = max(ROLES) + 1
 #: Label of the on-chain run in the report, for each rule.
 RULE_LABELS = {
     AggregationRule.FEDAVG: "FedAvg over the updates that pass the root-set checks",
@@ -102,6 +104,13 @@ class DemoSettings:
     seed: int = 0
     round_duration: int = 120
     rule: AggregationRule = AggregationRule.FEDAVG
+
+    def __post_init__(self) -> None:
+        if self.devices < MIN_DEVICES:
+            raise UsageError(
+                f"the demo needs at least {MIN_DEVICES} devices, because devices 1, "
+                f"5, 9, 13 and 17 misbehave; got {self.devices}"
+            )
 
 
 @dataclass

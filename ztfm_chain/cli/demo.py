@@ -18,7 +18,8 @@ from ztfm_chain.cli.common import handle_errors, settings
 def demo(
     ctx: typer.Context,
     devices: Annotated[
-        int, typer.Option(min=12, help="Number of enrolled devices.")
+        # ztfm_chain.demo.MIN_DEVICES; importing that module here would load torch.
+        int, typer.Option(min=18, help="Number of enrolled devices, at least 18.")
     ] = 20,
     rounds: Annotated[int, typer.Option(min=1, help="Number of rounds.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the data split and training.")] = 0,

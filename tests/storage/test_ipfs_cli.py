@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from ztfm_chain.cli.ipfs import app
+from ztfm_chain.cli.main import app as main_app
 from ztfm_chain.storage import EmbeddedStore, compute_cid
 
 from .helpers import HELLO, HELLO_CID_V0, HELLO_CID_V1, IPFSHTTPCLIENT_WARNING
@@ -195,3 +196,20 @@ def test_ipfs_help_documents_exit_codes(runner: CliRunner) -> None:
     text = " ".join(result.stdout.split())
     assert "2 usage error" in text
     assert "3 storage error" in text
+
+
+def test_ipfs_follows_global_store_option(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZTFM_STORE", str(tmp_path / "from-env"))
+    store = tmp_path / "global"
+    path = _write(tmp_path, HELLO)
+    added = runner.invoke(main_app, ["--store", str(store), "ipfs", "add", str(path)])
+    assert added.exit_code == 0, added.output
+    assert EmbeddedStore(store).has(HELLO_CID_V1)
+    assert not (tmp_path / "from-env").exists()
+    read_back = runner.invoke(
+        main_app, ["--store", str(store), "ipfs", "cat", HELLO_CID_V1]
+    )
+    assert read_back.exit_code == 0, read_back.output
+    assert read_back.stdout_bytes == HELLO

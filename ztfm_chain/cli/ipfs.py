@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ztfm_chain.cli.common import settings
 from ztfm_chain.exceptions import StorageError, UsageError
 from ztfm_chain.storage import Store, default_store_location, open_store
 
@@ -27,7 +28,8 @@ EXIT_STORAGE = 3
 app = typer.Typer(
     help=(
         "Add objects to the store and read them back, verified against their CID. "
-        "The store is --store, else $ZTFM_STORE, else $ZTFM_HOME/store "
+        "The store is the subcommand's --store, else the global store setting: "
+        "ztfm --store, $ZTFM_STORE, the config file's store, then $ZTFM_HOME/store "
         "(ZTFM_HOME defaults to ~/.ztfm). "
         "Exit codes: 0 success; 2 usage error (invalid argument, CID, input file "
         "or store location); 3 storage error (CID not found, node unreachable, "
@@ -40,11 +42,11 @@ StoreOption = Annotated[
     str | None,
     typer.Option(
         "--store",
-        envvar="ZTFM_STORE",
         help=(
             "Store location: a directory or file:// URL (embedded store), or a "
             "Kubo RPC API as a multiaddr (/ip4/127.0.0.1/tcp/5001/http) or URL "
-            "(http://127.0.0.1:5001)."
+            "(http://127.0.0.1:5001). Default: the global store setting "
+            "(ztfm --store, $ZTFM_STORE, the config file, $ZTFM_HOME/store)."
         ),
         show_default=False,
     ),
@@ -64,7 +66,11 @@ def _exit_on_error() -> Iterator[None]:
         raise typer.Exit(EXIT_STORAGE) from err
 
 
-def _open(store: str | None, cid_version: int = 1) -> Store:
+def _open(ctx: typer.Context, store: str | None, cid_version: int = 1) -> Store:
+    """Open ``store``, else the store of the global settings."""
+    if store is None:
+        resolved = settings(ctx)
+        store = resolved.store_location if resolved is not None else None
     return open_store(store or default_store_location(), cid_version=cid_version)
 
 
@@ -89,6 +95,7 @@ def _read_input(file: Path, max_object_size: int) -> bytes:
 
 @app.command("add")
 def add(
+    ctx: typer.Context,
     file: Annotated[
         Path, typer.Argument(help="File to add, or - to read standard input.")
     ],
@@ -109,7 +116,7 @@ def add(
     with _exit_on_error():
         if cid_version not in ("0", "1"):
             raise UsageError(f"invalid --cid-version {cid_version!r}: expected 0 or 1")
-        with _open(store, int(cid_version)) as opened:
+        with _open(ctx, store, int(cid_version)) as opened:
             data = _read_input(file, opened.max_object_size)
             cid = opened.put(data)
     typer.echo(cid)
@@ -117,11 +124,12 @@ def add(
 
 @app.command("cat")
 def cat(
+    ctx: typer.Context,
     cid: Annotated[str, typer.Argument(help="CID of the object to read.")],
     store: StoreOption = None,
 ) -> None:
     """Write the bytes of CID to standard output, after checking they match it."""
-    with _exit_on_error(), _open(store) as opened:
+    with _exit_on_error(), _open(ctx, store) as opened:
         data = opened.get(cid)
     stdout = typer.get_binary_stream("stdout")
     stdout.write(data)

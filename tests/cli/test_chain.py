@@ -130,3 +130,31 @@ def test_debug_lets_the_error_propagate(tmp_path: Path) -> None:
     result = cli("--debug", "chain", "status")
     assert result.exit_code == 1
     assert type(result.exception).__name__ == "ChainUnavailable"
+
+
+@pytest.mark.parametrize(
+    ("config_text", "fragment"),
+    [
+        ("rpc_url = \n", "is not valid TOML"),
+        ("rpc_url = 5\n", "invalid JSON-RPC URL '5'"),
+    ],
+)
+def test_bad_config_file_exits_2(
+    tmp_path: Path, config_text: str, fragment: str
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(config_text)
+    cli = Cli(tmp_path / "home", None)
+    result = cli("--config", str(config), "chain", "status")
+    assert_one_line_error(result, 2, fragment)
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home", None)
+    result = cli("--config", str(tmp_path / "missing.toml"), "chain", "status")
+    assert_one_line_error(result, 2, "missing.toml not found")
+
+
+def test_rpc_url_without_scheme_exits_2(tmp_path: Path) -> None:
+    result = Cli(tmp_path / "home", "127.0.0.1:8545")("chain", "status")
+    assert_one_line_error(result, 2, "invalid JSON-RPC URL '127.0.0.1:8545'")

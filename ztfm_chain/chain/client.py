@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from ztfm_chain.chain.errors import decode_revert
 from ztfm_chain.exceptions import (
     ChainError,
     ChainUnavailable,
+    ConfigError,
     TransactionReverted,
     TransactionTimeout,
 )
@@ -57,6 +59,16 @@ class ChainClient:
         request_timeout: float = 30.0,
         receipt_timeout: float = 60.0,
     ) -> None:
+        parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if (
+            parsed is None
+            or parsed.scheme not in ("http", "https")
+            or not parsed.netloc
+        ):
+            raise ConfigError(
+                f"invalid JSON-RPC URL {url!r}: expected http://HOST:PORT or "
+                "https://HOST/PATH"
+            )
         self.url = url
         self.receipt_timeout = receipt_timeout
         # web3 sends eth_chainId before and after every call; the provider's cache

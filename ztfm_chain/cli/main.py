@@ -20,7 +20,7 @@ from ztfm_chain.cli import (
     trust,
     update,
 )
-from ztfm_chain.cli.common import set_debug
+from ztfm_chain.cli.common import handle_errors, set_debug
 from ztfm_chain.cli.settings import Settings
 
 app = typer.Typer(
@@ -93,7 +93,8 @@ def main(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s %(message)s",
     )
-    ctx.obj = Settings.resolve(
+    # Wrapped only now, so that handle_errors sees this run's --debug.
+    ctx.obj = handle_errors(Settings.resolve)(
         home=home,
         rpc_url=rpc_url,
         store=store,

@@ -121,6 +121,9 @@ def test_round_train_submit_verify(
     assert opened["round"] == 1
     assert opened["state"] == "OPEN"
 
+    other_round = cli(*words(f"{train} --data-shard 0 --round 2"))
+    assert_one_line_error(other_round, 2, "round 1 is open: pass --round 1")
+
     bad_shard = cli(*words(f"{train} --data-shard 4"))
     assert_one_line_error(bad_shard, 2, "--data-shard 4")
     sent = cli.json(*words(f"{train} --data-shard 1 --epochs 1 --relayer dev:5"))

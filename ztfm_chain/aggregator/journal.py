@@ -150,7 +150,8 @@ class Journal:
                 elif row[0] != value:
                     raise ChainMismatch(
                         f"journal {self.path} belongs to {key} {row[0]}, but the chain "
-                        f"has {value}; use another journal for another deployment"
+                        f"has {value}. Pass another file with --journal for this "
+                        "deployment, or delete this one if its chain is gone for good"
                     )
 
     def cursor(self, default: int) -> int:

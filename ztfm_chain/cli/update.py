@@ -440,9 +440,15 @@ def _open_round_number(system: System, model: int, round: int | None) -> int:
     number = current if round is None else round
     state = round_info(system, model, number).state if number else RoundState.NONE
     if number != current or state is not RoundState.OPEN:
+        current_state = round_info(system, model, current).state if current else None
+        hint = (
+            f"round {current} is open: pass --round {current} or leave --round out"
+            if current_state is RoundState.OPEN
+            else f"open one with `ztfm model open-round {model}`"
+        )
         raise UsageError(
             f"round {number} of model {model} is not open (state {state.name}, current "
-            f"round {current}); open one with `ztfm model open-round {model}`"
+            f"round {current}); {hint}"
         )
     return number
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from ztfm_chain.aggregator.journal import CommitmentRow
+from ztfm_chain.aggregator.reasons import Reason
 from ztfm_chain.aggregator.rounds import AnomalySettings, UpdateStack, compute_outcome
 from ztfm_chain.aggregator.verify import VerifiedUpdate
 from ztfm_chain.chain.models import AggregationRule
@@ -117,3 +120,59 @@ def test_outcome_same_for_stack_and_list() -> None:
     assert from_list.verdicts == from_stack.verdicts
     assert updates[5].row.device not in from_list.accepted
     assert len(from_list.accepted) == 5
+
+
+def outcome_of(
+    updates: list[VerifiedUpdate],
+    *,
+    rule: AggregationRule = AggregationRule.FEDAVG,
+    base_value: float = 0.0,
+) -> Any:
+    base = {name: torch.full(spec.shape, base_value) for name, spec in SCHEMA.items()}
+    return compute_outcome(
+        schema=SCHEMA,
+        base=base,
+        updates=updates,
+        rejected={},
+        rule_id=int(rule),
+        quorum=1,
+        reference_tensors=None,
+        anomaly=AnomalySettings(),
+    )
+
+
+def zero_update(index: int) -> VerifiedUpdate:
+    return verified(index, {"w": torch.zeros(2, 3), "b": torch.zeros(3)})
+
+
+def test_zero_updates_flagged_before_median() -> None:
+    # Two zero updates out of three would make the median reference zero.
+    updates = [zero_update(0), zero_update(1), update(2)]
+    outcome = outcome_of(updates)
+    assert outcome.verdicts[updates[0].row.device][0] is Reason.ANOMALOUS
+    assert "norm 0" in outcome.verdicts[updates[1].row.device][1]
+    assert outcome.accepted == [updates[2].row.device]
+    assert outcome.new_model is not None
+
+
+def test_only_zero_updates_give_no_model() -> None:
+    outcome = outcome_of([zero_update(0)])
+    assert outcome.new_model is None
+    assert outcome.accepted == []
+
+
+def test_multi_krum_too_few_updates_fails_round() -> None:
+    updates = [update(0), update(1)]
+    outcome = outcome_of(updates, rule=AggregationRule.MULTI_KRUM)
+    assert outcome.new_model is None
+    reason, detail = outcome.verdicts[updates[0].row.device]
+    assert reason is Reason.NOT_AGGREGATED
+    assert "multi-krum" in detail
+
+
+def test_overflowing_model_fails_round() -> None:
+    big = float(torch.finfo(torch.float32).max)
+    updates = [update(0, scale=big / 2), update(1, scale=big / 2)]
+    outcome = outcome_of(updates, base_value=big)
+    assert outcome.new_model is None
+    assert {r for r, _ in outcome.verdicts.values()} == {Reason.NOT_AGGREGATED}

@@ -281,12 +281,22 @@ class Aggregator:
         if start > confirmed:
             return 0
         event = self.system.models.events.UpdateCommitted
-        rows = []
+        rows: list[CommitmentRow] = []
+        undecodable: dict[int, str] = {}
         for log_entry in iter_events(
-            client, event, start, confirmed, page_size=self.settings.page_size
+            client,
+            event,
+            start,
+            confirmed,
+            page_size=self.settings.page_size,
+            lenient=True,
         ):
             row = CommitmentRow.from_event(log_entry)
             if row.model_id in self.settings.models:
+                # Set by iter_events for a log it could only decode leniently.
+                problem = dict(log_entry).get("undecodable")
+                if problem:
+                    undecodable[len(rows)] = str(problem)
                 rows.append(row)
         seen = 0
         with self.journal.transaction() as db:
@@ -299,6 +309,10 @@ class Aggregator:
                 )
                 in_batch.add(key)
             verdicts = check_provenance_many(self.system, rows, duplicates)
+            for index, problem in undecodable.items():
+                verdicts[index] = Verdict(
+                    Reason.MALFORMED, f"commitment event does not decode: {problem}"
+                )
             for row, verdict in zip(rows, verdicts, strict=True):
                 stored = CommitmentRow(
                     **{

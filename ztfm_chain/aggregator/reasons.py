@@ -61,9 +61,17 @@ class Reason(IntEnum):
     #: An operator set the score by hand with an aggregator key (``ztfm trust set``),
     #: for example to let a quarantined device commit again.
     OPERATOR_SET = 22
+    #: The update passed every check, but the round's rule could not aggregate the
+    #: updates (too few for Multi-Krum, or a sum that overflows); the round fails.
+    NOT_AGGREGATED = 23
 
 
 #: Reasons that are not the device's fault, so they cost no trust.
 NO_FAULT = frozenset(
-    {Reason.ACCEPTED, Reason.CONTENT_UNAVAILABLE, Reason.TRUST_TOO_LOW}
+    {
+        Reason.ACCEPTED,
+        Reason.CONTENT_UNAVAILABLE,
+        Reason.TRUST_TOO_LOW,
+        Reason.NOT_AGGREGATED,
+    }
 )

@@ -18,7 +18,12 @@ from ztfm_chain.aggregator.reasons import Reason
 from ztfm_chain.aggregator.verify import VerifiedUpdate
 from ztfm_chain.chain.models import AggregationRule as RuleId
 from ztfm_chain.exceptions import UsageError
-from ztfm_chain.fl.aggregation import AggregationRule, column_blocks, make_rule
+from ztfm_chain.fl.aggregation import (
+    AggregationRule,
+    column_blocks,
+    make_rule,
+    row_norms_and_dots,
+)
 from ztfm_chain.fl.anomaly import (
     DEFAULT_MAX_NORM_RATIO,
     DEFAULT_MIN_COSINE,
@@ -192,6 +197,77 @@ def compute_outcome(
         return RoundOutcome([], verdicts, scores, weights, None, None)
     devices = list(stack.devices)
     counts = torch.tensor(stack.sample_counts, dtype=torch.float64)
+    reference_bytes = None
+    if reference_tensors is not None:
+        reference_bytes = encode_model(
+            {k: v.to(torch.float32) for k, v in reference_tensors.items()}
+        )
+    # A zero update carries nothing to aggregate, and a majority of them would make
+    # the coordinate-wise median reference zero, against which nothing can be scored.
+    norms, _ = row_norms_and_dots(stack.matrix, None)
+    nonzero = [i for i in range(len(devices)) if float(norms[i]) > 0]
+    if len(nonzero) < len(devices):
+        for index in range(len(devices)):
+            if index not in nonzero:
+                verdicts[devices[index]] = (
+                    Reason.ANOMALOUS,
+                    f"update {index} has norm 0, so it carries nothing to aggregate",
+                )
+        stack.keep(nonzero)
+        devices = [devices[i] for i in nonzero]
+        counts = counts[nonzero]
+    if not devices:
+        return RoundOutcome([], verdicts, scores, weights, None, reference_bytes)
+    try:
+        accepted, new_model = _score_and_aggregate(
+            schema=schema,
+            base=base,
+            stack=stack,
+            devices=devices,
+            counts=counts,
+            reference_tensors=reference_tensors,
+            rule_id=rule_id,
+            quorum=quorum,
+            anomaly=anomaly,
+            root=root,
+            verdicts=verdicts,
+            scores=scores,
+            weights=weights,
+        )
+    except UsageError as exc:
+        # The round fails rather than stop the daemon; devices that were not
+        # flagged lose no trust, because the failure is not theirs.
+        for device in devices:
+            if verdicts.get(device, (Reason.ACCEPTED, ""))[0] is not Reason.ANOMALOUS:
+                verdicts[device] = (
+                    Reason.NOT_AGGREGATED,
+                    f"the round could not be aggregated: {exc}",
+                )
+        accepted, new_model = [], None
+    return RoundOutcome(accepted, verdicts, scores, weights, new_model, reference_bytes)
+
+
+def _score_and_aggregate(
+    *,
+    schema: ModelSchema,
+    base: Mapping[str, torch.Tensor],
+    stack: UpdateStack,
+    devices: list[str],
+    counts: torch.Tensor,
+    reference_tensors: Mapping[str, torch.Tensor] | None,
+    rule_id: int,
+    quorum: int,
+    anomaly: AnomalySettings,
+    root: RootData | None,
+    verdicts: dict[str, tuple[Reason, str]],
+    scores: dict[str, dict[str, float]],
+    weights: dict[str, float],
+) -> tuple[list[str], bytes | None]:
+    """Score, filter and aggregate the stacked updates; fill the three mappings.
+
+    Returns the accepted devices and the new model bytes (None below ``quorum``).
+    Raises UsageError when the updates cannot be scored or aggregated.
+    """
     if reference_tensors is not None:
         reference = schema.flatten(reference_tensors).to(torch.float64)
     else:
@@ -256,12 +332,7 @@ def compute_outcome(
             delta = schema.unflatten(result.vector.to(torch.float32))
             new_state = {name: base[name] + delta[name] for name in schema}
             new_model = encode_model(new_state)
-    reference_bytes = None
-    if reference_tensors is not None:
-        reference_bytes = encode_model(
-            {k: v.to(torch.float32) for k, v in reference_tensors.items()}
-        )
-    return RoundOutcome(accepted, verdicts, scores, weights, new_model, reference_bytes)
+    return accepted, new_model
 
 
 def next_trust(

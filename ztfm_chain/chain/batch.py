@@ -166,34 +166,62 @@ class ReadBatch:
 
     def _post(self, chunk: list[_Request]) -> list[Any]:
         provider = self.client.w3.provider
-        responses = self.client.read(
-            lambda: provider.make_batch_request(  # type: ignore[attr-defined]
-                [(r.method, r.params) for r in chunk]
+        try:
+            responses = self.client.read(
+                lambda: provider.make_batch_request(  # type: ignore[attr-defined]
+                    [(r.method, r.params) for r in chunk]
+                )
             )
-        )
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # web3 sorts the responses by id and fails on entries that are no
+            # JSON-RPC response objects.
+            raise ChainError(
+                f"{self.client.url} returned a malformed batch response: {exc!r:.300}"
+            ) from None
         if not isinstance(responses, list):
-            # A node that rejects the whole batch answers with one error object.
+            # A node that rejects the whole batch returns one error object.
+            detail = responses.get("error") if isinstance(responses, dict) else None
             raise ChainError(
                 f"{self.client.url} rejected a batch of {len(chunk)} requests: "
-                f"{responses.get('error', responses)}"
+                f"{(detail or responses)!r:.300}"
             )
         if len(responses) != len(chunk):
             raise ChainError(
                 f"{self.client.url} returned {len(responses)} responses to a batch "
                 f"of {len(chunk)} requests"
             )
+        # web3 numbers a batch's requests with consecutive integer ids and sorts the
+        # responses by id, so anything else means a response cannot be matched.
+        ids = [r.get("id") if isinstance(r, dict) else None for r in responses]
+        first = ids[0]
+        if not isinstance(first, int) or ids != list(range(first, first + len(ids))):
+            raise ChainError(
+                f"{self.client.url} returned batch responses whose ids do not match "
+                f"the requests: {ids[:10]!r}"
+            )
         return responses
 
 
 def _result(request: _Request, response: Any) -> Any:
     if "error" in response:
-        raise ChainError(f"{request.pending.label} failed: {response['error']}")
+        raise ChainError(f"{request.pending.label} failed: {response['error']!r:.300}")
     raw = response.get("result")
     if request.function is None:
         if raw is None:
             raise ChainError(f"{request.pending.label} was not found")
+        if not isinstance(raw, dict) or not all(
+            isinstance(raw.get(key), str) for key in ("number", "timestamp")
+        ):
+            raise ChainError(f"{request.pending.label} is not a block: {raw!r:.300}")
+        if int(raw["number"], 16) != int(request.params[0], 16):
+            raise ChainError(f"{request.pending.label} returned block {raw['number']}")
         return raw
-    data = bytes.fromhex(str(raw).removeprefix("0x"))
+    try:
+        data = bytes.fromhex(str(raw).removeprefix("0x"))
+    except ValueError:
+        raise ChainError(
+            f"{request.pending.label} returned {raw!r:.100}, which is not hex data"
+        ) from None
     outputs = request.function.outputs
     try:
         values = decode([_abi_type(o) for o in outputs], data)

@@ -40,7 +40,7 @@ def iter_events(
     Both bounds are inclusive. Windows are consecutive and disjoint, so no block is
     read twice or skipped; events come in chain order (block, then log index).
 
-    Solidity does not check that a ``string`` holds UTF-8, so anyone who can emit
+    Solidity does not check that a ``string`` contains UTF-8, so anyone who can emit
     the event can make web3 fail to decode a whole window. With ``lenient``, such a
     log is decoded with invalid bytes replaced by U+FFFD and yielded with an
     ``undecodable`` entry that names the field, instead of raising.

@@ -51,12 +51,11 @@ def demo(
     public development keys: never reuse them on a chain that holds value.
     """
     # Imported here: the demo loads torch and scikit-learn, which `--help` need not.
-
-    # Imported here: the demo loads torch and scikit-learn, which `--help` need not.
     from ztfm_chain.demo import ROLES, RULE_LABELS, DemoSettings, run_demo
 
     config = settings(ctx)
-    console = Console(highlight=False)
+    # With --json, stdout carries only the summary, so progress goes to stderr.
+    console = Console(highlight=False, stderr=config.json_output)
     folder = workdir or Path(tempfile.mkdtemp(prefix="ztfm-demo-"))
     console.print(
         f"working folder (kept after the run, with the daemon's log): {folder}"

@@ -62,7 +62,8 @@ class FakeNode:
     ``cat_body`` is sent for every ``/api/v0/cat``, ``add_hash`` is returned as
     the CID of every ``/api/v0/add``, and each request waits ``delay`` seconds
     before it responds. With ``trickle`` set, ``cat_body`` is sent one byte per
-    ``trickle`` seconds. ``requests`` records each path with its query.
+    ``trickle`` seconds, as one HTTP chunk when ``chunked`` is set. ``cat_headers``
+    are added to every cat response. ``requests`` records each path with its query.
     """
 
     api: str = ""
@@ -70,6 +71,8 @@ class FakeNode:
     add_hash: str = ""
     delay: float = 0.0
     trickle: float = 0.0
+    chunked: bool = False
+    cat_headers: dict[str, str] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, list[str]]]] = field(default_factory=list)
 
 
@@ -88,9 +91,17 @@ class _FakeNodeHandler(BaseHTTPRequestHandler):
                     return
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
-    def _answer(self, status: int, content_type: str, body: bytes) -> None:
+    def _answer(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         # A client that stops reading early, as KuboStore does past its size
@@ -98,16 +109,23 @@ class _FakeNodeHandler(BaseHTTPRequestHandler):
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(body)
 
-    def _trickle(self, body: bytes, interval: float) -> None:
+    def _trickle(self, body: bytes, interval: float, chunked: bool) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if chunked:
+                self.wfile.write(b"%x\r\n" % len(body))
             for index in range(len(body)):
                 self.wfile.write(body[index : index + 1])
                 self.wfile.flush()
                 time.sleep(interval)
+            if chunked:
+                self.wfile.write(b"\r\n0\r\n\r\n")
 
     def do_POST(self) -> None:
         node = self.server.node
@@ -116,9 +134,11 @@ class _FakeNodeHandler(BaseHTTPRequestHandler):
         self._read_body()
         time.sleep(node.delay)
         if url.path == "/api/v0/cat" and node.trickle:
-            self._trickle(node.cat_body, node.trickle)
+            self._trickle(node.cat_body, node.trickle, node.chunked)
         elif url.path == "/api/v0/cat":
-            self._answer(200, "application/octet-stream", node.cat_body)
+            self._answer(
+                200, "application/octet-stream", node.cat_body, node.cat_headers
+            )
         elif url.path == "/api/v0/add":
             answer = {"Name": "bytes", "Hash": node.add_hash, "Size": "1"}
             self._answer(200, "application/json", json.dumps(answer).encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 from pathlib import Path
 
@@ -251,6 +252,33 @@ def test_kubo_trickling_node_is_cut_off(fake_node: FakeNode) -> None:
     # stops the read, long before the node has sent its 200 bytes.
     received = int(str(info.value).rsplit("after ", 1)[1].split()[0])
     assert received < 100
+
+
+def test_kubo_trickled_single_chunk_is_cut_off(fake_node: FakeNode) -> None:
+    fake_node.trickle = 0.05
+    fake_node.chunked = True
+    fake_node.cat_body = make_bytes(200)
+    with (
+        KuboStore(fake_node.api, timeout=1.0, transfer_timeout=0.5) as store,
+        pytest.raises(ContentUnavailable, match=r"took longer than 0\.5 s") as info,
+    ):
+        store.get(HELLO_CID_V1)
+    # The whole body is one HTTP chunk, so the deadline must apply within a chunk.
+    received = int(str(info.value).rsplit("after ", 1)[1].split()[0])
+    assert received < 100
+
+
+def test_kubo_compressed_body_is_refused(fake_node: FakeNode) -> None:
+    # 64 MiB of zeros compress to about 64 KB, past a 1 MiB limit once decoded.
+    fake_node.cat_body = gzip.compress(bytes(64 << 20))
+    fake_node.cat_headers = {"Content-Encoding": "gzip"}
+    with (
+        KuboStore(fake_node.api, max_object_size=1 << 20, retries=0) as store,
+        pytest.raises(ContentUnavailable, match="Content-Encoding 'gzip'"),
+    ):
+        store.get(HELLO_CID_V1)
+    path, _ = fake_node.requests[-1]
+    assert path == "/api/v0/cat"
 
 
 # --- a node that does not respond ---------------------------------------------------

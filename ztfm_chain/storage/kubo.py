@@ -9,6 +9,7 @@ against it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 import urllib.parse
@@ -16,8 +17,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import ipfshttpclient
+import requests
 import urllib3.exceptions
 from ipfshttpclient import exceptions as ipfs_errors
+from ipfshttpclient.http_common import multiaddr_to_url_data
 
 from ztfm_chain.exceptions import (
     ConfigError,
@@ -40,6 +43,10 @@ DEFAULT_KUBO_API = "/ip4/127.0.0.1/tcp/5001/http"
 
 # Errors after which no response arrived, so the request can be sent again.
 _CONNECTION_ERRORS = (ipfs_errors.ConnectionError, ipfs_errors.ProtocolError)
+#: Bytes per raw read of a cat response.
+_READ_SIZE = 1 << 16
+#: Bytes read of an error response, for its message.
+_ERROR_BODY_LIMIT = 1 << 16
 
 
 def _root_cause(err: BaseException) -> str:
@@ -167,11 +174,16 @@ class KuboStore(Store):
         # ipfshttpclient 0.7.0 rejects every daemon of version 0.8.0 or newer.
         try:
             self._client = ipfshttpclient.Client(self.api_addr, timeout=timeout)
+            api_url, uds_path, _, _ = multiaddr_to_url_data(self.api_addr, "api/v0")
         except ipfs_errors.AddressError as err:
             raise ConfigError(
                 f"invalid Kubo API multiaddr {api_addr!r}: {err}. Expected one "
                 "such as /ip4/127.0.0.1/tcp/5001/http"
             ) from err
+        # cat goes through requests directly, to see the response's headers and to
+        # read raw bytes as they arrive; see _read_verified.
+        self._cat_url = api_url.rstrip("/") + "/cat" if uds_path is None else None
+        self._session = requests.Session()
 
     def __repr__(self) -> str:
         return (
@@ -181,6 +193,7 @@ class KuboStore(Store):
 
     def close(self) -> None:
         self._client.close()
+        self._session.close()
 
     def _call(self, operation: str, cid: str, request: Callable[[], T]) -> T:
         """Run ``request``, sending it again after connection errors."""
@@ -332,11 +345,66 @@ class KuboStore(Store):
     # --- reads ---------------------------------------------------------------------
 
     def _read_verified(self, cid: str) -> bytes:
+        if self._cat_url is None:
+            return self._read_verified_unix(cid)
         verifier = ContentVerifier(cid)
         chunks: list[bytes] = []
-        # The node sends at most max_object_size + 1 bytes, enough to detect an
-        # object that is too large. A node that ignores the limit is cut off at
-        # the same point.
+        source = f"Kubo API {self.api_addr}"
+        deadline = time.monotonic() + self.transfer_timeout
+        try:
+            # The node sends at most max_object_size + 1 bytes, enough to detect an
+            # object that is too large; a node that ignores the limit is cut off at
+            # the same point. Compressed bodies are refused: their size says nothing
+            # about the decompressed one.
+            response = self._session.post(
+                self._cat_url,
+                params={"arg": cid, "length": str(self.max_object_size + 1)},
+                headers={"Accept-Encoding": "identity"},
+                stream=True,
+                timeout=self.timeout,
+            )
+        except requests.Timeout as err:
+            raise ipfs_errors.TimeoutError(err) from err
+        except requests.RequestException as err:
+            raise ipfs_errors.ConnectionError(err) from err
+        with response:
+            if response.status_code != 200:
+                raise ipfs_errors.ErrorResponse(_error_message(response), None)
+            encoding = response.headers.get("Content-Encoding", "identity")
+            if encoding.strip().lower() not in ("", "identity"):
+                raise ContentUnavailable(
+                    f"cat of CID {cid}: {source} sent the object with "
+                    f"Content-Encoding {encoding!r:.50}, but identity was requested"
+                )
+            try:
+                while True:
+                    # read1 returns as soon as some bytes arrive, so the deadline
+                    # is checked however slowly the node sends.
+                    chunk = response.raw.read1(_READ_SIZE, decode_content=False)
+                    if not chunk:
+                        break
+                    if time.monotonic() > deadline:
+                        raise ContentUnavailable(
+                            f"cat of CID {cid} took longer than "
+                            f"{self.transfer_timeout} s on {source}, after "
+                            f"{verifier.size} bytes"
+                        )
+                    verifier.update(chunk)
+                    self.check_size(verifier.size, f"object {cid} served by {source}")
+                    chunks.append(chunk)
+            except urllib3.exceptions.ReadTimeoutError as err:
+                raise ipfs_errors.TimeoutError(err) from err
+            except (urllib3.exceptions.HTTPError, OSError) as err:
+                raise ipfs_errors.ConnectionError(err) from err
+        verifier.verify(source=source)
+        return b"".join(chunks)
+
+    def _read_verified_unix(self, cid: str) -> bytes:
+        """Read through ipfshttpclient, for an API on a Unix socket."""
+        # NOTE: here the transfer deadline is checked between the chunks that
+        # ipfshttpclient yields, and a compressed body is decoded before counting.
+        verifier = ContentVerifier(cid)
+        chunks: list[bytes] = []
         deadline = time.monotonic() + self.transfer_timeout
         stream = self._client.cat(cid, length=self.max_object_size + 1, stream=True)
         try:
@@ -352,7 +420,6 @@ class KuboStore(Store):
                 )
                 chunks.append(chunk)
         except OSError as err:
-            # requests raises its own errors, subclasses of OSError, mid-stream.
             if _is_timeout(err):
                 raise ipfs_errors.TimeoutError(err) from err
             raise ipfs_errors.ConnectionError(err) from err
@@ -401,3 +468,13 @@ class KuboStore(Store):
             logger.debug("kubo_has_missing cid=%s error=%s", normalized, errors[0])
             return False
         return True
+
+
+def _error_message(response: requests.Response) -> str:
+    """Return the Message of a Kubo error response, or its HTTP status."""
+    body = response.raw.read(_ERROR_BODY_LIMIT, decode_content=False)
+    try:
+        message = json.loads(body)["Message"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code} {body[:200]!r}"
+    return f"HTTP {response.status_code}: {str(message)[:500]}"

@@ -67,7 +67,7 @@ def audit_round(
     ``root`` must be the aggregator's root set when the aggregator ran the root-set
     loss check. Without it the check is skipped, so the updates it flagged show up
     as disagreements.
-    Unless ``anomaly`` is given, the check runs when the report says that the
+    Unless ``anomaly`` is given, the check runs when the report records that the
     aggregator ran it.
     """
     info = round_info(system, model_id, round)

@@ -62,7 +62,7 @@ class Reason(IntEnum):
     #: for example to let a quarantined device commit again.
     OPERATOR_SET = 22
     #: The update passed every check, but the round's rule could not aggregate the
-    #: updates (too few for Multi-Krum, or a sum that overflows); the round fails.
+    #: updates (too few for Multi-Krum, or a sum that overflows), so the round fails.
     NOT_AGGREGATED = 23
 
 

@@ -353,9 +353,9 @@ class KuboStore(Store):
         deadline = time.monotonic() + self.transfer_timeout
         try:
             # The node sends at most max_object_size + 1 bytes, enough to detect an
-            # object that is too large; a node that ignores the limit is cut off at
-            # the same point. Compressed bodies are refused: their size says nothing
-            # about the decompressed one.
+            # object that is too large, and a node that ignores the limit is cut off
+            # at the same point. Compressed bodies are refused, because their size
+            # on the wire does not bound the decompressed one.
             response = self._session.post(
                 self._cat_url,
                 params={"arg": cid, "length": str(self.max_object_size + 1)},

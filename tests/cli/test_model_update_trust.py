@@ -251,3 +251,16 @@ def test_trust_set_rejects_score_out_of_range(deployed_cli: Cli) -> None:
         "trust", "set", "x", "10001", "--model", "1", "--key", "dev:4"
     )
     assert_one_line_error(result, 2, "SCORE 10001")
+
+
+def test_unattested_device_gets_hint(deployed_cli: Cli) -> None:
+    cli = deployed_cli
+    model = cli.json(*words("model create --digits --rule fedavg"))["model_id"]
+    cli.ok("model", "open-round", str(model))
+    cli.json("device", "keygen", "unattested")
+    cli.ok("device", "enrol", "unattested")
+    train = f"update train {model} --key unattested --of 4 --data-shard 0 --epochs 1"
+    result = cli(*words(f"{train} --relayer dev:5"))
+    assert_one_line_error(
+        result, 4, "CredentialExpired", "no attested credential", "ztfm device attest"
+    )

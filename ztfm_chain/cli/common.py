@@ -12,7 +12,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ztfm_chain.chain.anvil import ANVIL_MNEMONIC
-from ztfm_chain.exceptions import ChainError, StorageError, UsageError, ZtfmError
+from ztfm_chain.exceptions import (
+    ChainError,
+    ContractError,
+    StorageError,
+    UsageError,
+    ZtfmError,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,5 +81,38 @@ def _debug_enabled() -> bool:
 
 
 def _fail(exc: Exception, code: int) -> NoReturn:
-    print(f"error: {exc}", file=sys.stderr)
+    # A revert may come wrapped, as the cause of a failed device step.
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ContractError):
+        cause = cause.__cause__
+    hint = revert_hint(cause) if isinstance(cause, ContractError) else None
+    message = f"{exc}; {hint}" if hint else str(exc)
+    print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code=code)
+
+
+def revert_hint(exc: ContractError) -> str | None:
+    """Return what to do about a revert that a user's request commonly causes."""
+    arguments = exc.arguments
+    name = exc.error_name
+    if name == "CredentialExpired":
+        if arguments.get("expiresAt") == 0:
+            return (
+                "the contract rejected it because the device has no attested "
+                "credential: run `ztfm device attest DEVICE --measurement HASH`"
+            )
+        return "the device's credential expired: attest the device again"
+    if name == "DeviceNotActive":
+        if arguments.get("status") == 0:
+            return "the device is not enrolled: run `ztfm device enrol DEVICE`"
+        return "the device is suspended or revoked (`ztfm device show DEVICE`)"
+    if name == "TrustTooLow":
+        return (
+            "the device's trust is below the model's minimum, so it cannot commit "
+            "until an aggregator of the model raises it with `ztfm trust set`"
+        )
+    if name == "AlreadyCommitted":
+        return "the device already committed in this round: wait for the next one"
+    if name == "NotModelAggregator":
+        return "the key is not an aggregator of this model"
+    return None

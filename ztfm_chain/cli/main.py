@@ -86,7 +86,7 @@ def main(
 
     Settings come from options, then environment variables (ZTFM_HOME, ZTFM_RPC_URL, ZTFM_STORE, ZTFM_PASSWORD_FILE, ZTFM_PASSWORD), then the config file. Put --json before the command: `ztfm --json device list`.
 
-    Exit codes: 0 success, 1 unexpected failure or an audit that disagrees, 2 bad argument, setting, file, keystore or no chain configured, 3 content store failure, 4 chain failure or wrong chain.
+    Exit codes: 0 success, 1 unexpected failure or an audit that disagrees, 2 bad argument, setting, file, keystore or no chain configured, 3 content store failure, 4 chain failure, wrong chain or a transaction the contracts rejected.
     """
     set_debug(debug)
     logging.basicConfig(

@@ -44,14 +44,8 @@ class Commitment:
         return eip712.commitment_message(
             chain_id=chain_id,
             model_registry=model_registry,
-            model_id=self.model_id,
-            round=self.round,
-            device=self.device,
-            content_hash=self.content_hash,
-            cid=self.cid,
-            sample_count=self.sample_count,
-            base_model_hash=self.base_model_hash,
             nonce=nonce,
+            **self._signed_fields(),
         )
 
     def digest(self, *, chain_id: int, model_registry: str, nonce: int) -> bytes:
@@ -59,15 +53,20 @@ class Commitment:
         return eip712.commitment_digest(
             chain_id=chain_id,
             model_registry=model_registry,
-            model_id=self.model_id,
-            round=self.round,
-            device=self.device,
-            content_hash=self.content_hash,
-            cid=self.cid,
-            sample_count=self.sample_count,
-            base_model_hash=self.base_model_hash,
             nonce=nonce,
+            **self._signed_fields(),
         )
+
+    def _signed_fields(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "round": self.round,
+            "device": self.device,
+            "content_hash": self.content_hash,
+            "cid": self.cid,
+            "sample_count": self.sample_count,
+            "base_model_hash": self.base_model_hash,
+        }
 
 
 def current_nonce(system: System, device: str) -> int:

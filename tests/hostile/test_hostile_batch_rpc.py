@@ -1,8 +1,8 @@
 """A node that responds wrongly to JSON-RPC batches, behind a proxy in front of Anvil.
 
 Each test reads chain state through ReadBatch or the provenance checks while the
-proxy rewrites the node's batch responses. A wrong answer must raise ChainError,
-never be assigned to another request.
+proxy rewrites the node's batch responses. A wrong response must raise ChainError
+and never be assigned to another request.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ from eth_abi.abi import encode
 from eth_utils.crypto import keccak
 
 from tests.aggregator.conftest import Federation
-from tests.aggregator.test_reasons import HONEST, base_hash, encoded, honest_delta
-from tests.chain.conftest import advance_time, fund
+from tests.aggregator.test_reasons import base_hash, encoded, honest_delta
+from tests.chain.conftest import fund
+from tests.hostile.test_hostile_cids import run_like_daemon
 
 COMMITMENT_STRUCT = "(uint256,uint64,address,bytes32,string,uint32,bytes32)"
 
@@ -64,19 +65,7 @@ def commit_raw_cid(federation: Federation, round: int, cid: bytes) -> None:
 def test_invalid_utf8_cid_does_not_stall_daemon(federation: Federation) -> None:
     round = federation.open_round()
     commit_raw_cid(federation, round, b"\xff\xfe-not-utf8")
-    for device in federation.devices[:HONEST]:
-        device.run_round(federation.model_id)
-    advance_time(federation.system, 3601)
-    aggregator = federation.aggregator()
-    errors = []
-    for _ in range(6):
-        try:
-            aggregator.step()
-        except Exception as exc:  # Aggregator.run logs every Exception and retries.
-            errors.append(repr(exc)[:300])
-        if aggregator.journal.phase(federation.model_id, round) == "done":
-            break
-    assert errors == [], f"{len(errors)} passes failed, first: {errors[0]}"
+    aggregator = run_like_daemon(federation, round)
     assert aggregator.journal.phase(federation.model_id, round) == "done"
     rows = aggregator.journal.commitments(federation.model_id, round)
     hostile = next(r for r in rows if r.device == federation.devices[-1].device)

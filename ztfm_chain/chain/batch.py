@@ -3,9 +3,9 @@
 Reading chain state one ``eth_call`` at a time through web3 costs about 4.5 ms per
 read on a local Anvil, most of it Python-side validation, encoding and decoding
 (see docs/benchmarks.md). :class:`ReadBatch` encodes each call's data with eth-abi
-from the contract's ABI, sends every queued request in JSON-RPC batch posts, and
-decodes the results the way ``ContractFunction.call`` returns them: a single
-output as its value, several outputs as a list, structs as tuples and addresses in
+from the contract's ABI and sends every queued request in JSON-RPC batch posts. It
+decodes the results as ``ContractFunction.call`` returns them. A single output is
+its value, several outputs are a list, structs are tuples and addresses are in
 checksum form.
 
 Typical use::

@@ -93,7 +93,7 @@ def main(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s %(message)s",
     )
-    # Wrapped only now, so that handle_errors sees this run's --debug.
+    # Wrapped only after set_debug, so that handle_errors reads this run's --debug.
     ctx.obj = handle_errors(Settings.resolve)(
         home=home,
         rpc_url=rpc_url,
